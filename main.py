@@ -728,9 +728,10 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
         # Restated history: the processed prefix is not in this archive any more.
         note = f"restatement detected in {client} day {day}: rebuilt from the full archive"
         cp = None
+        first_pass = read.inflated
         with timed(stages, "read"):
             read = read_past(path, day, 0)
-        read.inflated *= 2
+        read.inflated += first_pass
     first_line = cp.lines_processed + 1 if cp else 2
     with timed(stages, "parse"):
         rows = split_lines(read.body, first_line)

@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,17 +72,14 @@ def test_layout_matches_the_contract(tiny_feed):
     assert names == sorted(expected)
 
 
-def test_fewer_days_are_a_prefix_of_more_days(tiny_feed, tmp_path):
-    shorter = generate(tmp_path / "short", *TINY[2:], "--days", "2")
+def test_rerun_with_fewer_days_rewrites_the_same_prefix_and_drops_later_days(tiny_feed, tmp_path):
+    out = tmp_path / "data"
+    shutil.copytree(tiny_feed, out)
+    generate(out, *TINY[2:], "--days", "2")
+    assert not archive(out, 1, 3).exists() and not archive(out, 2, 3).exists()
     for c in (1, 2):
         for d in (1, 2):
-            assert archive(shorter, c, d).read_bytes() == archive(tiny_feed, c, d).read_bytes()
-
-
-def test_rerun_with_fewer_days_removes_stale_archives(tmp_path):
-    out = generate(tmp_path / "data", *TINY)
-    generate(out, *TINY[2:], "--days", "2")
-    assert not archive(out, 1, 3).exists() and archive(out, 1, 2).exists()
+            assert archive(out, c, d).read_bytes() == archive(tiny_feed, c, d).read_bytes()
 
 
 # --- the archives ---------------------------------------------------------------------------
@@ -317,33 +315,42 @@ def complete_archives_only(out: Path, base: int, daily: int) -> list[int]:
     return days
 
 
-@pytest.mark.parametrize("how", ["sigint-group", "sigterm", "sigkill"])
-def test_interrupted_run_leaves_no_half_written_archive(how, tmp_path):
-    out = tmp_path / "data"
-    base, daily = 100_000, 100_000
+def start_generator(out: Path, base: int, daily: int) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "generate_data.py"), "--out", str(out), "--quiet"]
     cmd += ["--clients", "1", "--days", "8", "--base-rows", str(base), "--daily-rows", str(daily)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    first = out / "client_1" / "transactions_day_1.zip"
-    while not first.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert first.exists(), "generator did not start writing in time"
-    if how == "sigint-group":  # what Ctrl-C does: the whole foreground group
-        os.killpg(proc.pid, signal.SIGINT)
-    elif how == "sigterm":
-        proc.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode != 0
-    days = complete_archives_only(out, base, daily)
-    assert days[0] == 1 and days == list(range(1, len(days) + 1)) and len(days) < 8
-    leftovers = list(out.rglob("*.tmp*"))
-    if how == "sigkill":
-        # Nothing can clean up after SIGKILL: the next run must, and must not trip on it.
-        generate(out, "--clients", "1", "--days", "2", "--base-rows", "100", "--daily-rows", "10")
-        leftovers = list(out.rglob("*.tmp*"))
-    else:
-        assert b"interrupted" in err
-    assert leftovers == []
+    return subprocess.Popen(cmd, start_new_session=True, stderr=subprocess.PIPE)
+
+
+def test_interrupted_runs_leave_no_half_written_archive(tmp_path):
+    # Three runs at once (their start-up dominates): Ctrl-C to the whole process group,
+    # SIGTERM to the parent alone, SIGKILL to the group.
+    base, daily = 100_000, 100_000
+    runs = {how: start_generator(tmp_path / how, base, daily) for how in ("int", "term", "kill")}
+    deadline = time.monotonic() + 60
+    pending = dict(runs)
+    while pending and time.monotonic() < deadline:
+        for how, proc in list(pending.items()):
+            if (tmp_path / how / "client_1" / "transactions_day_1.zip").exists():
+                if how == "int":
+                    os.killpg(proc.pid, signal.SIGINT)
+                elif how == "term":
+                    proc.send_signal(signal.SIGTERM)
+                else:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                del pending[how]
+        time.sleep(0.01)
+    assert not pending, f"generator did not start writing in time: {list(pending)}"
+    for how, proc in runs.items():
+        out = tmp_path / how
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode != 0
+        days = complete_archives_only(out, base, daily)
+        assert days[0] == 1 and days == list(range(1, len(days) + 1)) and len(days) < 8
+        if how == "kill":
+            # Nothing can clean up after SIGKILL: the next run must, and not trip on it.
+            generate(
+                out, "--clients", "1", "--days", "2", "--base-rows", "100", "--daily-rows", "9"
+            )
+        else:
+            assert b"interrupted" in err
+        assert list(out.rglob("*.tmp*")) == []

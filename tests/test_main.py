@@ -1,0 +1,416 @@
+"""main.py against ../shared/CONTRACT.md sections 2 to 5, on tiny feeds."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import HAND_SKUS, HAND_ZIPS, HEADER, ROOT, read_csv_bytes, write_feed
+from oracle import expected
+
+import main
+
+# --- the cleaning rules, one case each -------------------------------------------------------
+
+LOOKUPS = main.Lookups(
+    zips=pl.DataFrame({"zip_code": list(HAND_ZIPS), "state": list(HAND_ZIPS.values())}),
+    skus=pl.DataFrame({"sku_id": list(HAND_SKUS), "sku_group": list(HAND_SKUS.values())}),
+)
+
+
+def process(*rows: str) -> main.PipelineArtifacts:
+    """process_transactions over hand-written CSV lines (no header)."""
+    body = "".join(r + "\n" for r in rows).encode()
+    return main.process_transactions(main.split_lines(body, 2), "c", LOOKUPS)
+
+
+def one_row(row: str) -> tuple[dict, dict[str, int]]:
+    """The single aggregated row of a one-line feed, and the counters that fired."""
+    art = process(row)
+    assert art.aggregated.height == 1, art.rejected
+    fired = {k: v for k, v in art.counters.items() if v}
+    return art.aggregated.row(0, named=True), fired
+
+
+def row(zip_raw: str = "94107", maturity: str = "2025-11-01", sku: str = "SKU-1") -> str:
+    return f"1,2025-10-01,{sku},2,10.50,{maturity},{zip_raw}"
+
+
+@pytest.mark.parametrize("zip_raw", ["", "   ", "\t"])
+def test_blank_zip_becomes_00000_and_counts_missing(zip_raw):
+    got, fired = one_row(row(zip_raw=zip_raw))
+    assert got["local"] is False
+    assert fired == {"zip_missing": 1}
+
+
+@pytest.mark.parametrize("zip_raw", ["94107-1234", "941071234", "94 107", "CA94107", "zip:94107"])
+def test_noisy_zip_is_repaired_to_its_first_five_digits(zip_raw):
+    got, fired = one_row(row(zip_raw=zip_raw))
+    assert got["local"] is True  # 94107 is in California
+    assert fired == {"zip_repaired": 1}
+
+
+@pytest.mark.parametrize("zip_raw", ["INTL", "SW1A 1AA", "M5V 3L9", "1234"])
+def test_zip_without_five_digits_is_international(zip_raw):
+    got, fired = one_row(row(zip_raw=zip_raw))
+    assert got["local"] is False
+    assert fired == {"zip_international": 1}
+
+
+def test_clean_zip_counts_nothing_and_joins_its_state():
+    got, fired = one_row(row(zip_raw="10001"))
+    assert got["local"] is False and fired == {}
+    got, fired = one_row(row(zip_raw="90210"))
+    assert got["local"] is True and fired == {}
+
+
+def test_zip_absent_from_the_list_is_kept_and_unknown():
+    art = process(row(zip_raw="99999"))
+    assert art.counters["zip_unknown"] == 1 and art.aggregated["local"].to_list() == [False]
+
+
+@pytest.mark.parametrize("maturity", ["", "2025-02-30", "11/01/2025", "2025-1-5", "soon"])
+def test_missing_or_invalid_maturity_is_transaction_date_plus_3(maturity):
+    got, fired = one_row(row(maturity=maturity))
+    assert str(got["maturity_date"]) == "2025-10-04"
+    assert fired == {"maturity_imputed": 1}
+
+
+def test_early_maturity_is_clamped_to_the_transaction_date():
+    got, fired = one_row(row(maturity="2025-09-15"))
+    assert str(got["maturity_date"]) == "2025-10-01"
+    assert fired == {"maturity_clamped": 1}
+
+
+def test_unknown_sku_goes_to_group_unknown():
+    got, fired = one_row(row(sku="SKU-404"))
+    assert got["sku_group"] == "UNKNOWN" and fired == {"sku_unmatched": 1}
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("1,2025-13-01,SKU-1,2,10.50,2025-11-01,94107", "transaction_date"),
+        ("1,yesterday,SKU-1,2,10.50,2025-11-01,94107", "transaction_date"),
+        ("1,2025-10-01,SKU-1,two,10.50,2025-11-01,94107", "quantity_sold"),
+        ("1,2025-10-01,SKU-1,2,ten,2025-11-01,94107", "revenue_usd"),
+        ("1,2025-10-01,SKU-1,2,10.50,2025-11-01", "column count"),
+        ("1,2025-10-01,SKU-1,2,10.50,2025-11-01,94107,extra", "column count"),
+        ("", "empty line"),
+    ],
+)
+def test_unparseable_row_is_rejected_alone_with_its_line(bad, reason):
+    art = process(row(), bad, row(zip_raw="10001"))
+    assert art.aggregated["order_count"].sum() == 2  # the good rows around it survive
+    assert art.counters["rows_rejected"] == 1
+    rejected = art.rejected.row(0, named=True)
+    assert rejected["line_number"] == 3 and reason in rejected["reason"]
+    assert (rejected["raw_line"] or "") == bad
+
+
+# --- the aggregate against an independent oracle -----------------------------------------------
+
+
+def oracle_for(feed: Path, client: str, day: int) -> tuple[dict, dict, list]:
+    zips = pl.read_csv(feed / "static/us_zip_codes.csv", infer_schema=False)
+    skus = pl.read_csv(feed / "static/sku_groups.csv", infer_schema=False)
+    text = read_csv_bytes(feed / client / f"transactions_day_{day}.zip").decode()
+    return expected(
+        text,
+        client,
+        dict(zip(zips["zip_code"], zips["state"], strict=True)),
+        dict(zip(skus["sku_id"], skus["sku_group"], strict=True)),
+    )
+
+
+def assert_table_matches(frame: pl.DataFrame, table: dict) -> None:
+    got = {tuple(r[k] for k in main.KEY): r for r in frame.iter_rows(named=True)}
+    assert set(got) == set(table)
+    for key, want in table.items():
+        for column, value in want.items():
+            if isinstance(value, float):
+                assert got[key][column] == pytest.approx(value, rel=1e-9), (key, column)
+            else:
+                assert got[key][column] == value, (key, column)
+
+
+def test_full_recompute_matches_the_oracle(tiny_feed):
+    table, counters, _rejected = oracle_for(tiny_feed, "client_2", 3)
+    read = main.read_full(tiny_feed / "client_2/transactions_day_3.zip", 3)
+    lookups = main.load_lookups(tiny_feed)
+    art = main.process_transactions(main.split_lines(read.body, 2), "client_2", lookups)
+    final = main.finalize(art.aggregated).with_columns(pl.col("local").cast(pl.Int64))
+    assert_table_matches(final, table)
+    assert art.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+    assert min(counters[c] for c in ("zip_repaired", "maturity_clamped", "maturity_imputed")) > 0
+
+
+HAND_ROWS = [
+    row(),
+    row(zip_raw="94107-0001"),
+    "2,2025-10-01,SKU-2,3,99.99,,10001",
+    "3,2025-10-02,SKU-3,1,5.00,2025-09-01,ZIP:90210",
+    "4,2025-10-02,SKU-9,10,500.00,2026-06-01,SW1A 1AA",
+    "5,2025-10-02,SKU-1,1,7.25,2025-11-01",  # wrong column count: rejected
+    "6,2025-10-02,SKU-1,1,7.25,2025-11-01,94107",
+]
+
+
+def test_too_many_rejected_rows_stop_the_run_and_change_nothing(tmp_path):
+    feed = write_feed(tmp_path / "data", [HAND_ROWS])  # 1 of 7 rows: over the 1% limit
+    con = main.connect(tmp_path / "db.sqlite")
+    main.ensure_schema(con, print)
+    with pytest.raises(main.InputError, match="1 of 7 new rows cannot be parsed"):
+        main.incremental_step(con, feed, "client_1", 1)
+    assert main.read_checkpoint(con, "client_1") is None
+    assert con.execute("SELECT COUNT(*) FROM processed_sales").fetchone() == (0,)
+
+
+def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
+    filler = [
+        f"{i},2025-10-0{i % 3 + 1},SKU-{i % 4},{i % 10 + 1},{i}.{i % 100:02d},2025-12-01,{z}"
+        for i, z in zip(range(10, 260), ["94107", "10001", "x", "90210 "] * 70, strict=False)
+    ]
+    day1, day2 = HAND_ROWS[:4] + filler[:70], HAND_ROWS[4:] + filler[70:]
+    feed = write_feed(tmp_path / "data", [day1, day2])
+    table, counters, rejected = oracle_for(feed, "client_1", 2)
+    assert counters["rows_rejected"] == 1 and counters["sku_unmatched"] > 0
+    con = main.connect(tmp_path / "db.sqlite")
+    main.ensure_schema(con, print)
+    main.incremental_step(con, feed, "client_1", 1)
+    record = main.incremental_step(con, feed, "client_1", 2)
+    assert record.counters["rows_rejected"] == 1
+    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    stored = con.execute("SELECT day, line_number, raw_line FROM rejected_rows").fetchall()
+    assert stored == [(2, rejected[0][0], rejected[0][1])]
+
+
+# --- the incremental path: replay, parity, reruns -------------------------------------------------
+
+
+@pytest.fixture
+def replayed(tiny_feed, tmp_path):
+    """A database holding client_1's incremental state after days 1, 2 and 3."""
+    con = main.connect(tmp_path / "db.sqlite")
+    main.ensure_schema(con, print)
+    for day in (1, 2, 3):
+        main.incremental_step(con, tiny_feed, "client_1", day)
+    yield con
+    con.close()
+
+
+def test_replaying_days_equals_the_oracle_of_the_last_archive(replayed, tiny_feed):
+    table, _counters, _rejected = oracle_for(tiny_feed, "client_1", 3)
+    assert_table_matches(main.sales_rows(replayed, "processed_sales", "client_1"), table)
+    cp = main.read_checkpoint(replayed, "client_1")
+    csv = read_csv_bytes(tiny_feed / "client_1/transactions_day_3.zip")
+    assert cp.last_day == 3 and cp.bytes_processed == len(csv)
+    assert cp.prefix_sha256 == hashlib.sha256(csv).hexdigest()
+    assert cp.lines_processed == csv.count(b"\n") == 3601
+
+
+def test_step_on_the_checkpoint_day_is_a_no_op_and_older_day_refused(replayed, tiny_feed):
+    before = main.sales_rows(replayed, "processed_sales", "client_1")
+    record = main.incremental_step(replayed, tiny_feed, "client_1", 3)
+    assert record.note == "no-op" and record.rows_processed == 0
+    assert main.sales_rows(replayed, "processed_sales", "client_1").equals(before)
+    with pytest.raises(main.StaleDayError, match="already holds day 3"):
+        main.incremental_step(replayed, tiny_feed, "client_1", 2)
+
+
+def test_parity_check_catches_a_changed_value(replayed, tiny_feed):
+    table = main.sales_rows(replayed, "processed_sales", "client_1")
+    with main.transaction(replayed):
+        main.write_frame(replayed, "processed_sales_full_refresh", table)
+    assert main.check_parity(replayed, "client_1")["ok"]
+    replayed.execute(
+        "UPDATE processed_sales SET total_revenue = total_revenue + 0.01"
+        " WHERE rowid = (SELECT MIN(rowid) FROM processed_sales)"
+    )
+    replayed.execute(
+        "DELETE FROM processed_sales WHERE rowid = (SELECT MAX(rowid) FROM processed_sales)"
+    )
+    result = main.check_parity(replayed, "client_1")
+    assert not result["ok"]
+    assert result["diff"]["rows_only_full_refresh"] == 1
+    assert result["diff"]["columns_differing"]["total_revenue"] == 1
+    assert len(result["diff"]["sample"]) == 2
+
+
+# --- the database --------------------------------------------------------------------------------
+
+
+def test_legacy_table_is_renamed_aside_not_dropped(tmp_path, capsys):
+    path = tmp_path / "db.sqlite"
+    legacy = sqlite3.connect(path)
+    legacy.execute("CREATE TABLE processed_sales (client_id TEXT, revenue REAL)")
+    legacy.execute("INSERT INTO processed_sales VALUES ('old', 1.5)")
+    legacy.commit()
+    legacy.close()
+    con = main.connect(path)
+    main.ensure_schema(con, print)
+    names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    aside = [n for n in names if n.startswith("processed_sales_legacy_")]
+    assert len(aside) == 1
+    assert con.execute(f"SELECT * FROM {aside[0]}").fetchall() == [("old", 1.5)]
+    assert main.table_shape(con, "processed_sales")[0] == ("client_id", "TEXT", 1, 1)
+    assert "renamed to processed_sales_legacy_" in capsys.readouterr().out
+    main.ensure_schema(con, print)  # a second look finds nothing to move
+    assert "renamed" not in capsys.readouterr().out
+
+
+# --- the command line, end to end ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def benchmark_run(tiny_feed, tmp_path_factory):
+    """One real `main.py` run on the tiny feed, day 3, one repeat."""
+    out = tmp_path_factory.mktemp("run")
+    args = ["--data-dir", str(tiny_feed), "--db", str(out / "db.sqlite"), "--day", "3"]
+    args += ["--repeat", "2", "--report", str(out / "results.md"), "--json", str(out / "r.json")]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main.main(args) == 0
+    return out, args, printed.getvalue()
+
+
+def test_json_carries_the_contract_keys_and_every_try(benchmark_run):
+    out, _, printed = benchmark_run
+    results = json.loads((out / "r.json").read_text())
+    for pipeline in ("baseline", "incremental"):
+        wall = results[pipeline]["wall_s"]
+        assert len(wall["runs"]) == 2 and wall["min"] <= wall["median"] <= wall["max"]
+        assert results[pipeline]["peak_mib"] > 0
+    assert results["parity"]["ok"] is True
+    cond = results["conditions"]
+    assert (cond["client"], cond["day"], cond["rows_total"], cond["rows_new"]) == (
+        "client_1",
+        3,
+        3600,
+        300,
+    )
+    assert results["incremental"]["rows_processed"] == 300
+    assert "Line #" not in printed  # no line-by-line tables without memory_profiler
+
+
+def test_database_holds_day_n_and_report_is_ascii(benchmark_run, tiny_feed):
+    out, _, _ = benchmark_run
+    con = sqlite3.connect(out / "db.sqlite")
+    assert con.execute("SELECT last_day FROM ingest_checkpoint").fetchall() == [(3,)]
+    table, _, _ = oracle_for(tiny_feed, "client_1", 3)
+    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    report = (out / "results.md").read_text(encoding="ascii")
+    for section in ("## Conditions", "## Parity", "## Top 5 SKU groups", "## California-local"):
+        assert section in report
+    assert list(out.glob(".bench-*")) == []  # scratch copies are gone
+
+
+def test_earlier_day_under_memory_profiler_replays_and_prints_one_table_each(benchmark_run):
+    # Running again for an earlier day just works; under `python -m memory_profiler`
+    # each pipeline function shows one line table, of the measured call only.
+    out, args, _ = benchmark_run
+    earlier = [*args[: args.index("--day")], "--day", "2", "--repeat", "1"]
+    earlier += ["--report", str(out / "r2.md")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "memory_profiler", str(ROOT / "main.py"), *earlier],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "replayed days 1..1 (stored state was day 3, not 1)" in proc.stdout
+    for function in ("run_baseline_benchmark", "run_optimized_benchmark", "incremental_step"):
+        header = next(line for line in proc.stdout.splitlines() if f"def {function}(" in line)
+        assert header.split()[5] == "1", header  # line, MiB, MiB, occurrences
+    assert proc.stdout.count("Line #") == 3
+    con = sqlite3.connect(out / "db.sqlite")
+    assert con.execute("SELECT last_day FROM ingest_checkpoint").fetchall() == [(2,)]
+
+
+def test_help_exits_0_and_names_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--data-dir", "--db", "--client", "--day", "--repeat", "--report", "--json"):
+        assert option in text
+
+
+# --- bad input: one line, exit 2, database untouched ----------------------------------------------
+
+
+def break_member_name(path: Path) -> None:
+    data = read_csv_bytes(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("other.csv", data)
+
+
+def break_header(path: Path) -> None:
+    text = read_csv_bytes(path).decode().replace(HEADER, HEADER.replace(",revenue_usd", ""), 1)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(path.stem + ".csv", text)
+
+
+def corrupt_bytes(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    for i in range(200, 600):
+        raw[i] ^= 0x5A
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (d / "client_1/transactions_day_2.zip").unlink(),
+            "transactions_day_2.zip: archive not found",
+        ),
+        (
+            lambda d: (d / "client_1/transactions_day_2.zip").write_bytes(b"not a zip"),
+            "transactions_day_2.zip: corrupt or not a zip",
+        ),
+        (
+            lambda d: corrupt_bytes(d / "client_1/transactions_day_2.zip"),
+            "transactions_day_2.zip: corrupt",
+        ),
+        (
+            lambda d: break_member_name(d / "client_1/transactions_day_2.zip"),
+            "no member transactions_day_2.csv",
+        ),
+        (lambda d: break_header(d / "client_1/transactions_day_2.zip"), "missing ['revenue_usd']"),
+        (lambda d: (d / "static/sku_groups.csv").unlink(), "sku_groups.csv: lookup file not found"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_leaves_the_db_untouched(
+    damage, message, tiny_feed, benchmark_run, tmp_path, capsys
+):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_feed, data)
+    db = tmp_path / "db.sqlite"
+    shutil.copy(benchmark_run[0] / "db.sqlite", db)
+    before = db.read_bytes()
+    damage(data)
+    capsys.readouterr()
+    code = main.main(["--data-dir", str(data), "--db", str(db), "--day", "3", "--repeat", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("main.py: error: ") and message in err[0]
+    assert db.read_bytes() == before
+
+
+def test_missing_data_folder_exits_2(tmp_path, capsys):
+    code = main.main(["--data-dir", str(tmp_path / "nope"), "--db", str(tmp_path / "db")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "data folder not found" in err and "nope" in err
+    assert not (tmp_path / "db").exists()

@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import sqlite3
@@ -36,7 +37,7 @@ import tempfile
 import time
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,21 @@ REJECTED_COLUMNS = """
     raw_line TEXT,
     PRIMARY KEY (client_id, line_number)
 """
+SALES_SCHEMA = {  # processed_sales as Polars reads it back
+    "client_id": pl.String,
+    "transaction_date": pl.String,
+    "maturity_date": pl.String,
+    "sku_group": pl.String,
+    "local": pl.Int64,
+    "total_quantity": pl.Int64,
+    "total_revenue": pl.Float64,
+    "order_count": pl.Int64,
+    "avg_quantity_per_order": pl.Float64,
+    "avg_order_value": pl.Float64,
+    "days_to_maturity": pl.Int64,
+    "revenue_share_of_day": pl.Float64,
+    "revenue_rank": pl.Int64,
+}
 TABLES = {
     # The incremental pipeline's state: results, rejected rows, checkpoint.
     "processed_sales": SALES_COLUMNS,
@@ -139,8 +155,12 @@ class StaleDayError(InputError):
     """The incremental step was asked for a day older than its checkpoint."""
 
 
-class ParityError(Exception):
-    """The incremental state differs from the full recomputation: exit 1."""
+class WorkerError(Exception):
+    """A measured run crashed in its own process (a bug, not bad input): exit 1."""
+
+
+class ConflictError(Exception):
+    """Another writer advanced the same client's checkpoint meanwhile: exit 1, nothing written."""
 
 
 # --- Reading archives ----------------------------------------------------------------------
@@ -161,6 +181,7 @@ class ArchiveRead:
     sha256: str | None = None  # of the whole CSV (incremental path only)
     prefix_sha256: str | None = None  # of the first `skip` bytes (incremental path only)
     inflated: int = 0  # bytes inflated to get here
+    prefix_ends_line: bool = True  # the first `skip` bytes end with a newline
 
 
 @contextlib.contextmanager
@@ -180,6 +201,8 @@ def open_member(path: Path, day: int) -> Iterator[Any]:
         raise InputError(f"{path}: corrupt or not a zip archive ({exc})") from None
     except (zlib.error, EOFError) as exc:
         raise InputError(f"{path}: corrupt archive, cannot inflate ({exc})") from None
+    except (RuntimeError, NotImplementedError) as exc:  # encrypted, unsupported method
+        raise InputError(f"{path}: cannot open {member} ({exc})") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
@@ -218,6 +241,7 @@ def read_past(path: Path, day: int, skip: int) -> ArchiveRead:
     """
     hasher = hashlib.sha256()
     prefix_sha = None
+    prefix_ends_line = True
     tail: list[bytes] = []
     pos = 0
     header_len = 0
@@ -225,6 +249,8 @@ def read_past(path: Path, day: int, skip: int) -> ArchiveRead:
         while chunk := stream.read(READ_CHUNK_BYTES):
             if pos == 0:
                 header_len = check_header(path, chunk)
+            if 0 <= skip - 1 - pos < len(chunk):
+                prefix_ends_line = chunk[skip - 1 - pos] == ord("\n")
             keep_from = min(max(skip - pos, 0), len(chunk))
             if keep_from:
                 hasher.update(chunk[:keep_from])
@@ -239,7 +265,7 @@ def read_past(path: Path, day: int, skip: int) -> ArchiveRead:
     body = b"".join(tail)
     if skip == 0:
         body = body[header_len:]
-    return ArchiveRead(body, 0, pos, hasher.hexdigest(), prefix_sha, inflated=pos)
+    return ArchiveRead(body, 0, pos, hasher.hexdigest(), prefix_sha, pos, prefix_ends_line)
 
 
 # --- The shared transformation -------------------------------------------------------------
@@ -263,7 +289,8 @@ def load_lookups(data_dir: Path) -> Lookups:
         zips = read_lookup(static / "us_zip_codes.csv", ["zip_code", "state"])
         skus = read_lookup(static / "sku_groups.csv", ["sku_id", "sku_group"])
         _LOOKUPS[data_dir] = Lookups(
-            zips=zips.unique("zip_code", keep="first"), skus=skus.unique("sku_id", keep="first")
+            zips=zips.unique("zip_code", keep="first"),
+            skus=skus.unique("sku_id", keep="first"),
         )
     return _LOOKUPS[data_dir]
 
@@ -301,8 +328,12 @@ def split_lines(body: bytes, first_line: int) -> pl.LazyFrame:
     whole (and rejected with its text) instead of failing the read or being padded.
     Fields are raw strings; no quoting is interpreted (the feed never quotes).
     """
+    if b"\x00" in body:
+        # NUL is our field separator below; in a text feed it is damage: make it visible.
+        body = body.replace(b"\x00", "\ufffd".encode())
     lines = pl.read_csv(
         body,
+        encoding="utf8-lossy",  # invalid UTF-8 becomes U+FFFD: the row is judged, not the file
         has_header=False,
         separator="\x00",  # a byte that never occurs in a text feed: one field per line
         quote_char=None,
@@ -373,10 +404,10 @@ def cleaned_rows(valid: pl.LazyFrame, lookups: Lookups) -> pl.LazyFrame:
             maturity_clamped=pl.col("maturity_raw") < pl.col("tx_date"),
             maturity=pl.max_horizontal("maturity_raw", "tx_date"),
         )
-        .join(lookups.zips.lazy(), on="zip_code", how="left")
+        .join(lookups.zips.lazy().with_columns(in_zip_list=True), on="zip_code", how="left")
         .join(lookups.skus.lazy(), on="sku_id", how="left")
         .with_columns(
-            zip_unknown=pl.col("state").is_null(),
+            zip_unknown=pl.col("in_zip_list").is_null(),  # absent from the list
             local=(pl.col("state") == LOCAL_STATE).fill_null(False),
             sku_unmatched=pl.col("sku_group").is_null(),
             sku_group=pl.col("sku_group").fill_null(UNKNOWN_SKU_GROUP),
@@ -434,6 +465,8 @@ def iso(day: dt.date | None) -> str | None:
 
 def top_five(aggregated: pl.DataFrame, day: dt.date | None) -> pl.DataFrame:
     """Top 5 sku_groups by revenue on `day` (ties broken by name, for a stable order)."""
+    if day is None:
+        return pl.DataFrame()
     return (
         aggregated.filter(pl.col("transaction_date") == day)
         .group_by("sku_group")
@@ -461,7 +494,10 @@ def finalize(aggregated: pl.DataFrame) -> pl.DataFrame:
             avg_quantity_per_order=pl.col("total_quantity") / pl.col("order_count"),
             avg_order_value=cents / (pl.col("order_count") * 100),
             days_to_maturity=(pl.col("maturity_date") - pl.col("transaction_date")).dt.total_days(),
-            revenue_share_of_day=cents / cents.sum().over(day),
+            # A day whose revenue sums to zero has no shares to give: 0, not NaN.
+            revenue_share_of_day=pl.when(cents.sum().over(day) != 0)
+            .then(cents / cents.sum().over(day))
+            .otherwise(0.0),
             revenue_rank=cents.rank("dense", descending=True).over(day).cast(pl.Int64),
         )
         .with_columns(
@@ -713,7 +749,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     stages: dict[str, float] = {}
     lookups = load_lookups(data_dir)
     path = archive_path(data_dir, client, day)
-    cp = read_checkpoint(con, client)
+    cp = started_from = read_checkpoint(con, client)
     if cp and day == cp.last_day:
         return RunRecord("incremental", stages, {}, 0, 0, 0, 0, cp.last_transaction_date, "no-op")
     if cp and day < cp.last_day:
@@ -724,6 +760,12 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     note = ""
     with timed(stages, "read"):
         read = read_past(path, day, cp.bytes_processed if cp else 0)
+    if cp and read.body and not read.prefix_ends_line:
+        # The processed file ended inside its last line (no final newline): that line
+        # was processed whole. A newline now completes it; anything else changed it.
+        ending = re.match(rb"\r?\n", read.body)
+        read.body = read.body[ending.end() :] if ending else read.body
+        read.prefix_sha256 = read.prefix_sha256 if ending else "last line was extended"
     if cp and (read.prefix_sha256 != cp.prefix_sha256 or read.size < cp.bytes_processed):
         # Restated history: the processed prefix is not in this archive any more.
         note = f"restatement detected in {client} day {day}: rebuilt from the full archive"
@@ -745,6 +787,11 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     )
     write_start = time.perf_counter()
     with transaction(con):
+        if read_checkpoint(con, client) != started_from:
+            raise ConflictError(
+                f"{client}: another run moved the checkpoint while day {day} was being "
+                "processed; nothing written, run again"
+            )
         if cp is None:
             clear_client(con, client)
         # The merge reads the stored rows of the touched days inside the transaction,
@@ -859,17 +906,10 @@ def progress(days: range, label: str) -> Iterator[int]:
 def sales_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
     """A client's rows of a sales table, sorted by key, with the contract's dtypes."""
     cursor = con.execute(
-        f"SELECT * FROM {table} WHERE client_id = ? ORDER BY 1, 2, 3, 4, 5", (client,)
+        f"SELECT {', '.join(SALES_SCHEMA)} FROM {table} WHERE client_id = ? ORDER BY 1, 2, 3, 4, 5",
+        (client,),
     )
-    names = [d[0] for d in cursor.description]
-    frame = pl.DataFrame(cursor.fetchall(), schema=names, orient="row")
-    floats = ["total_revenue", "avg_quantity_per_order", "avg_order_value", "revenue_share_of_day"]
-    return frame.with_columns(
-        pl.col(floats).cast(pl.Float64),
-        pl.col("local", "total_quantity", "order_count", "days_to_maturity", "revenue_rank").cast(
-            pl.Int64
-        ),
-    )
+    return pl.DataFrame(cursor.fetchall(), schema=SALES_SCHEMA, orient="row", strict=False)
 
 
 def rejected_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
@@ -896,15 +936,22 @@ def check_parity(con: sqlite3.Connection, client: str) -> dict[str, Any]:
 
     inc = sales_rows(con, "processed_sales", client)
     full = sales_rows(con, "processed_sales_full_refresh", client)
+    inc_rejected = rejected_rows(con, "rejected_rows", client)
+    full_rejected = rejected_rows(con, "rejected_rows_full_refresh", client)
     record: dict[str, Any] = {"ok": True, "rows": full.height, "rows_incremental": inc.height}
     try:
         assert_frame_equal(inc, full, check_exact=False, rel_tol=1e-9, abs_tol=0.0)
-        assert_frame_equal(
-            rejected_rows(con, "rejected_rows", client),
-            rejected_rows(con, "rejected_rows_full_refresh", client),
-        )
+        assert_frame_equal(inc_rejected, full_rejected)
     except AssertionError as exc:
-        record.update(ok=False, error=str(exc).splitlines()[0], diff=diff_summary(inc, full))
+        diff = diff_summary(inc, full)
+        columns = list(full_rejected.columns)
+        diff["rejected_only_incremental"] = inc_rejected.join(
+            full_rejected, on=columns, how="anti", nulls_equal=True
+        ).height
+        diff["rejected_only_full_refresh"] = full_rejected.join(
+            inc_rejected, on=columns, how="anti", nulls_equal=True
+        ).height
+        record.update(ok=False, error=str(exc).splitlines()[0], diff=diff)
     return record
 
 
@@ -944,13 +991,34 @@ PIPELINES: dict[str, Callable[[Path, Path, str, int], RunRecord]] = {
 }
 
 
+FULL_REFRESH_TABLES = ("processed_sales_full_refresh", "rejected_rows_full_refresh")
+
+
+def copy_client_rows(src: Path, con: Connection, client: str, tables: Iterable[str]) -> None:
+    """Replace a client's rows of `tables` in `con` by those of database `src`, atomically."""
+    con.execute("ATTACH DATABASE ? AS src", (str(src),))
+    try:
+        with transaction(con):
+            for table in tables:
+                con.execute(f"DELETE FROM main.{table} WHERE client_id = ?", (client,))
+                con.execute(
+                    f"INSERT INTO main.{table} SELECT * FROM src.{table} WHERE client_id = ?",
+                    (client,),
+                )
+    finally:
+        con.execute("DETACH DATABASE src")
+
+
 def copy_db(src: Path, dst: Path) -> None:
     """Copy a database with SQLite's backup API (consistent even in WAL mode)."""
     with (
         contextlib.closing(sqlite3.connect(src)) as s,
         contextlib.closing(sqlite3.connect(dst)) as d,
     ):
-        s.backup(d)
+        try:
+            s.backup(d)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{src}: cannot read as an SQLite database ({exc})") from None
         d.execute("PRAGMA journal_mode=WAL")  # as the real database, set outside any timing
 
 
@@ -1025,7 +1093,7 @@ def run_in_fresh_process(spec: dict[str, Any], scratch: Path) -> dict[str, Any]:
         raise InputError(proc.stderr.strip().splitlines()[-1].removeprefix("main.py: error: "))
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{spec['pipeline']} run failed in its process: {tail}")
+        raise WorkerError(f"{spec['pipeline']} run failed in its process: {tail}")
     return json.loads(out.read_text())
 
 
@@ -1068,17 +1136,8 @@ def measure(cfg: BenchConfig, state: Path, scratch: Path) -> tuple[dict[str, Any
             if i == cfg.repeat - 1 and pipeline == "incremental":
                 shutil.move(db, final)
     # The last baseline's answer joins the last incremental state for parity.
-    last_baseline = scratch / "run-baseline.db"
     with contextlib.closing(connect(final)) as con:
-        con.execute("ATTACH DATABASE ? AS b", (str(last_baseline),))
-        with transaction(con):
-            for table in ("processed_sales_full_refresh", "rejected_rows_full_refresh"):
-                con.execute(f"DELETE FROM {table} WHERE client_id = ?", (cfg.client,))
-                con.execute(
-                    f"INSERT INTO {table} SELECT * FROM b.{table} WHERE client_id = ?",
-                    (cfg.client,),
-                )
-        con.execute("DETACH DATABASE b")
+        copy_client_rows(scratch / "run-baseline.db", con, cfg.client, FULL_REFRESH_TABLES)
     for pipeline, runs in results.items():
         warm = warmups[pipeline]
         last = runs[-1]["record"]
@@ -1355,20 +1414,27 @@ def check_inputs(cfg: BenchConfig) -> None:
         path = archive_path(cfg.data_dir, cfg.client, d)
         with open_member(path, d) as stream:
             check_header(path, stream.read(READ_CHUNK_BYTES))
-    if not cfg.db.resolve().parent.is_dir():
-        raise InputError(f"{cfg.db}: its folder does not exist")
+    for option, path in (("--db", cfg.db), ("--report", cfg.report), ("--json", cfg.json_path)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InputError(f"{path}: the folder for {option} does not exist")
 
 
 def run_benchmark(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     """The whole flow of main(): returns the results record."""
     check_inputs(cfg)
-    with contextlib.closing(connect(cfg.db)) as con:
-        ensure_schema(con, say)
     with tempfile.TemporaryDirectory(prefix=".bench-", dir=cfg.db.resolve().parent) as tmp:
         scratch = Path(tmp)
-        # All work happens on copies: the real database changes only at the very end.
+        # All work happens on copies: the real database changes only at the very end,
+        # and then only for this client, so bad input found late leaves it untouched.
         state = scratch / "state.db"
-        copy_db(cfg.db, state)
+        if cfg.db.exists():
+            copy_db(cfg.db, state)
+        with contextlib.closing(connect(state)) as con:
+            ensure_schema(con, say=lambda line: None)  # said when the real one is migrated
+            # Every baseline run then writes into the same client-free table.
+            with transaction(con):
+                for table in FULL_REFRESH_TABLES:
+                    con.execute(f"DELETE FROM {table} WHERE client_id = ?", (cfg.client,))
         warmup = populate_historical_data(state, cfg.data_dir, cfg.client, cfg.day, say)
         say(f"timing {cfg.repeat} repeat(s) of each pipeline, each in a fresh process")
         figures, final = measure(cfg, state, scratch)
@@ -1378,12 +1444,13 @@ def run_benchmark(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any
             parity = check_parity(con, cfg.client)
             parity["seconds"] = time.perf_counter() - started
             summary = day_summary(con, cfg.client, figures["baseline"]["latest_date"])
-        if parity["ok"]:
-            copy_db(final, cfg.db)
-        else:
-            kept = cfg.db.with_name(cfg.db.name + ".parity-failed")
-            copy_db(final, kept)
-            parity["kept"] = str(kept)
+        target = cfg.db
+        if not parity["ok"]:
+            target = cfg.db.with_name(cfg.db.name + ".parity-failed")
+            parity["kept"] = str(target)
+        with contextlib.closing(connect(target)) as con:
+            ensure_schema(con, say)
+            copy_client_rows(final, con, cfg.client, TABLES)
     base, inc = figures["baseline"], figures["incremental"]
     ratios = {
         "speedup": base["wall_s"]["median"] / inc["wall_s"]["median"],
@@ -1494,6 +1561,9 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
+    except (ConflictError, WorkerError) as exc:
+        print(f"main.py: error: {exc}", file=sys.stderr)
+        return 1
     if cfg.json_path:
         write_text_atomically(cfg.json_path, json.dumps(results, indent=2, default=str) + "\n")
     write_text_atomically(cfg.report, render_report(results))

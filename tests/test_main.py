@@ -192,6 +192,86 @@ def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
     assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
     stored = con.execute("SELECT day, line_number, raw_line FROM rejected_rows").fetchall()
     assert stored == [(2, rejected[0][0], rejected[0][1])]
+    # Day 2's counters cover its new rows; the oracle's cover the whole archive.
+    fresh = apply_days(feed, tmp_path / "fresh.db", range(2, 2))
+    first = main.incremental_step(fresh, feed, "client_1", 2)
+    assert first.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+
+
+def test_zero_revenue_day_has_share_zero_not_nan():
+    art = process("1,2025-10-05,SKU-1,1,0.00,2025-11-01,94107")
+    table = main.finalize(art.aggregated)
+    assert table["revenue_share_of_day"].to_list() == [0.0]
+
+
+def test_invalid_utf8_and_nul_bytes_are_judged_per_row():
+    body = b"1,2025-10-01,SKU-1,2,10.50,2025-11-01,94\xff107\n2,2025-10-01,SKU-1,1,1.00,,9\x0041\n"
+    art = main.process_transactions(main.split_lines(body, 2), "c", LOOKUPS)
+    assert art.aggregated["order_count"].sum() == 2 and art.counters["rows_rejected"] == 0
+    assert art.counters["zip_international"] == 2  # the damage splits the five digits
+
+
+def apply_days(feed: Path, db: Path, days: range) -> sqlite3.Connection:
+    con = main.connect(db)
+    main.ensure_schema(con, print)
+    for day in days:
+        main.incremental_step(con, feed, "client_1", day)
+    return con
+
+
+def test_day_without_final_newline_then_completed_keeps_parity(tmp_path):
+    # Day 1 ends inside its last line; day 2 starts with the newline that ends it.
+    rows = [row(), "2,2025-10-01,SKU-2,3,99.99,,10001"] + [
+        row(zip_raw=str(10000 + i)) for i in range(200)
+    ]
+    feed = write_feed(tmp_path / "data", [rows[:100], rows[100:]])
+    for day, cut in ((1, True), (2, False)):
+        path = feed / "client_1" / f"transactions_day_{day}.zip"
+        text = read_csv_bytes(path)
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr(path.stem + ".csv", text[:-1] if cut else text)
+    con = apply_days(feed, tmp_path / "db.sqlite", range(1, 3))
+    table, counters, _ = oracle_for(feed, "client_1", 2)
+    assert counters["rows_rejected"] == 0
+    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    assert main.read_checkpoint(con, "client_1").lines_processed == 203
+
+
+def test_extended_last_line_is_a_restatement_and_rebuilds(tmp_path):
+    rows = [row(zip_raw=str(10000 + i)) for i in range(300)]
+    feed = write_feed(tmp_path / "data", [rows[:150], rows[150:]])
+    day1 = feed / "client_1" / "transactions_day_1.zip"
+    text = read_csv_bytes(day1)
+    with zipfile.ZipFile(day1, "w") as zf:
+        zf.writestr("transactions_day_1.csv", text[:-3])  # ends "...,101"; day 2 goes on "49"
+    con = main.connect(tmp_path / "db.sqlite")
+    main.ensure_schema(con, print)
+    main.incremental_step(con, feed, "client_1", 1)
+    record = main.incremental_step(con, feed, "client_1", 2)
+    assert "restatement detected in client_1 day 2" in record.note
+    table, _, _ = oracle_for(feed, "client_1", 2)
+    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+
+
+def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
+    tmp_path, tiny_feed, monkeypatch
+):
+    con = apply_days(tiny_feed, tmp_path / "db.sqlite", range(1, 2))
+    real_read_past = main.read_past
+
+    def read_while_another_run_commits(*args):
+        read = real_read_past(*args)
+        other = main.connect(tmp_path / "db.sqlite")
+        monkeypatch.setattr(main, "read_past", real_read_past)
+        main.incremental_step(other, tiny_feed, "client_1", 2)
+        other.close()
+        return read
+
+    monkeypatch.setattr(main, "read_past", read_while_another_run_commits)
+    with pytest.raises(main.ConflictError, match="another run moved the checkpoint"):
+        main.incremental_step(con, tiny_feed, "client_1", 2)
+    table, _, _ = oracle_for(tiny_feed, "client_1", 2)
+    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
 
 
 # --- the incremental path: replay, parity, reruns -------------------------------------------------
@@ -241,6 +321,7 @@ def test_parity_check_catches_a_changed_value(replayed, tiny_feed):
     )
     result = main.check_parity(replayed, "client_1")
     assert not result["ok"]
+    assert main.check_parity(replayed, "nobody")["ok"]  # two empty sides are equal
     assert result["diff"]["rows_only_full_refresh"] == 1
     assert result["diff"]["columns_differing"]["total_revenue"] == 1
     assert len(result["diff"]["sample"]) == 2
@@ -407,6 +488,22 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_db_untouched(
     assert code == 2 and len(err) == 1
     assert err[0].startswith("main.py: error: ") and message in err[0]
     assert db.read_bytes() == before
+
+
+def test_db_that_is_not_sqlite_exits_2_and_is_kept(tiny_feed, tmp_path, capsys):
+    db = tmp_path / "notes.txt"
+    db.write_text("my notes, not a database\n" * 100)
+    code = main.main(["--data-dir", str(tiny_feed), "--db", str(db), "--day", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "notes.txt: cannot read as an SQLite database" in err[0]
+    assert db.read_text() == "my notes, not a database\n" * 100
+
+
+def test_report_in_a_missing_folder_exits_2_before_any_work(tiny_feed, tmp_path, capsys):
+    args = ["--data-dir", str(tiny_feed), "--db", str(tmp_path / "db"), "--day", "2"]
+    code = main.main([*args, "--report", str(tmp_path / "no" / "results.md")])
+    assert code == 2 and "the folder for --report does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "db").exists()
 
 
 def test_missing_data_folder_exits_2(tmp_path, capsys):

@@ -30,7 +30,7 @@ LOOKUPS = main.Lookups(
 def process(*rows: str) -> main.PipelineArtifacts:
     """process_transactions over hand-written CSV lines (no header)."""
     body = "".join(r + "\n" for r in rows).encode()
-    return main.process_transactions(main.split_lines(body, 2), "c", LOOKUPS)
+    return main.process_transactions(main.split_lines(body, 2).lazy(), "c", LOOKUPS)
 
 
 def one_row(row: str) -> tuple[dict, dict[str, int]]:
@@ -147,7 +147,7 @@ def test_full_recompute_matches_the_oracle(tiny_feed):
     table, counters, _rejected = oracle_for(tiny_feed, "client_2", 3)
     read = main.read_full(tiny_feed / "client_2/transactions_day_3.zip", 3)
     lookups = main.load_lookups(tiny_feed)
-    art = main.process_transactions(main.split_lines(read.body, 2), "client_2", lookups)
+    art = main.process_transactions(main.split_lines(read.body, 2).lazy(), "client_2", lookups)
     final = main.finalize(art.aggregated).with_columns(pl.col("local").cast(pl.Int64))
     assert_table_matches(final, table)
     assert art.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
@@ -206,7 +206,7 @@ def test_zero_revenue_day_has_share_zero_not_nan():
 
 def test_invalid_utf8_and_nul_bytes_are_judged_per_row():
     body = b"1,2025-10-01,SKU-1,2,10.50,2025-11-01,94\xff107\n2,2025-10-01,SKU-1,1,1.00,,9\x0041\n"
-    art = main.process_transactions(main.split_lines(body, 2), "c", LOOKUPS)
+    art = main.process_transactions(main.split_lines(body, 2).lazy(), "c", LOOKUPS)
     assert art.aggregated["order_count"].sum() == 2 and art.counters["rows_rejected"] == 0
     assert art.counters["zip_international"] == 2  # the damage splits the five digits
 

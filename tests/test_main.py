@@ -383,6 +383,39 @@ def test_json_carries_the_contract_keys_and_every_try(benchmark_run):
     assert "Line #" not in printed  # no line-by-line tables without memory_profiler
 
 
+def test_summary_statistics_on_known_lists():
+    assert main.summarize([3.0, 1.0, 2.0]) == {
+        "median": 2.0,
+        "min": 1.0,
+        "max": 3.0,
+        "runs": [3.0, 1.0, 2.0],
+    }
+    assert main.summarize([4.0, 1.0, 2.0, 10.0])["median"] == 3.0
+    assert main.summarize([0.5]) == {"median": 0.5, "min": 0.5, "max": 0.5, "runs": [0.5]}
+
+
+def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
+    out, _, _ = benchmark_run
+    results = json.loads((out / "r.json").read_text())
+    # Nothing but the record may feed the renderer: no database, no archive, no clock.
+    for name in ("connect", "read_full", "read_past", "sales_rows", "environment"):
+        monkeypatch.setattr(main, name, lambda *a, **k: pytest.fail("renderer recomputed"))
+    assert main.render_report(results) == (out / "results.md").read_text()
+
+
+def test_chart_is_a_png_with_the_sweep_numbers_under_it(benchmark_run):
+    out, _, _ = benchmark_run
+    png = (out / "results.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    report = (out / "results.md").read_text()
+    assert "![time and peak memory against rows in the archive](results.png)" in report
+    results = json.loads((out / "r.json").read_text())
+    assert [p["day"] for p in results["sweep"]] == [2, 3]
+    assert [p["rows_total"] for p in results["sweep"]] == [3300, 3600]
+    assert [p["rows_new"] for p in results["sweep"]] == [300, 300]
+    assert "| 2 | 3,300 | 300 |" in report
+
+
 def test_database_holds_day_n_and_report_is_ascii(benchmark_run, tiny_feed):
     out, _, _ = benchmark_run
     con = sqlite3.connect(out / "db.sqlite")

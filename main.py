@@ -77,6 +77,7 @@ LOCAL_STATE = "CA"
 MATURITY_DEFAULT_DAYS = 3  # imputed maturity_date = transaction_date + 3 days
 ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
 READ_CHUNK_BYTES = 1 << 20  # inflate step; the incremental path keeps only the tail
+BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at default scale
 REJECT_LIMIT = 0.01  # more than 1% of a file's new rows rejected: stop, change nothing
 MEMORY_SAMPLE_S = 0.005  # memory_profiler sampling interval (10 ms or less)
 COUNTERS = [
@@ -173,16 +174,17 @@ def archive_path(data_dir: Path, client: str, day: int) -> Path:
 
 
 @dataclass
-class ArchiveRead:
-    """The part of a day's CSV a pipeline needs, and what it learned on the way."""
+class ArchiveScan:
+    """What reading a day's CSV learned on the way, filled in as the blocks go by."""
 
-    body: bytes  # complete lines after the header (baseline) or after the resume point
-    first_line: int  # 1-based line number of body's first line (the header is line 1)
-    size: int  # bytes of the whole CSV
-    sha256: str | None = None  # of the whole CSV (incremental path only)
-    prefix_sha256: str | None = None  # of the first `skip` bytes (incremental path only)
-    inflated: int = 0  # bytes inflated to get here
-    prefix_ends_line: bool = True  # the first `skip` bytes end with a newline
+    size: int = 0  # bytes of the whole CSV
+    sha256: str | None = None  # of the whole CSV (when hashing)
+    prefix_sha256: str | None = None  # of the first `skip` bytes (when hashing)
+    inflated: int = 0  # bytes inflated
+
+
+class Restated(Exception):
+    """The archive does not start with the bytes already processed."""
 
 
 @contextlib.contextmanager
@@ -226,47 +228,89 @@ def check_header(path: Path, first_chunk: bytes) -> int:
     return end + 1
 
 
-def read_full(path: Path, day: int) -> ArchiveRead:
-    """Inflate the whole CSV (the baseline's read)."""
-    with open_member(path, day) as stream:
-        data = stream.read()
-    header_len = check_header(path, data[:READ_CHUNK_BYTES])
-    return ArchiveRead(data[header_len:], 2, len(data), inflated=len(data))
+def scan_archive(
+    path: Path,
+    day: int,
+    scan: ArchiveScan,
+    skip: int = 0,
+    hashing: bool = False,
+    expect: str | None = None,
+) -> Iterator[bytes]:
+    """Inflate a day's CSV in 1 MiB reads; yield what lies past `skip` in blocks of lines.
 
-
-def read_past(path: Path, day: int, skip: int) -> ArchiveRead:
-    """Inflate the CSV in chunks, hashing the first `skip` bytes and keeping only the rest.
-
-    Memory stays at one chunk plus the tail: the processed prefix is checked by its
-    fingerprint, never parsed. With skip=0 the whole body is the tail.
+    Blocks hold complete lines, about BLOCK_BYTES each (the last may lack its final
+    newline), so no pipeline holds more than a block of text and its frames: the whole
+    archive at the default scale, an eighth of it at ten times that. With skip=0 the
+    header is dropped. With `hashing` (the incremental path) the whole CSV is hashed,
+    and with `expect` Restated is raised, before any block is yielded, when the first
+    `skip` bytes are not the ones processed before.
     """
-    hasher = hashlib.sha256()
-    prefix_sha = None
-    prefix_ends_line = True
-    tail: list[bytes] = []
+    hasher = hashlib.sha256() if hashing else None
+    pending = bytearray()
+    # Blocks leave through this list, so that the generator keeps no reference to a
+    # block while the pipeline works on it: one copy of the text in memory, not two.
+    ready: list[bytes] = []
     pos = 0
-    header_len = 0
+    prefix_ends_line = True
+    verified = expect is None
     with open_member(path, day) as stream:
         while chunk := stream.read(READ_CHUNK_BYTES):
+            split = min(max(skip - pos, 0), len(chunk))  # prefix bytes in this chunk
+            keep_from = split
             if pos == 0:
                 header_len = check_header(path, chunk)
-            if 0 <= skip - 1 - pos < len(chunk):
-                prefix_ends_line = chunk[skip - 1 - pos] == ord("\n")
-            keep_from = min(max(skip - pos, 0), len(chunk))
-            if keep_from:
-                hasher.update(chunk[:keep_from])
-            if prefix_sha is None and pos + len(chunk) >= skip:
-                prefix_sha = hasher.hexdigest()
-            if keep_from < len(chunk):
-                hasher.update(chunk[keep_from:])
-                tail.append(chunk[keep_from:])
+                keep_from = header_len if skip == 0 else split
+            if hasher is not None:
+                hasher.update(chunk[:split])
+                if scan.prefix_sha256 is None and pos + len(chunk) >= skip:
+                    scan.prefix_sha256 = hasher.hexdigest()
+                    prefix_ends_line = skip == 0 or chunk[skip - 1 - pos] == ord("\n")
+                hasher.update(chunk[split:])
+            pending += chunk[keep_from:]
             pos += len(chunk)
+            scan.inflated = pos
+            if len(pending) >= BLOCK_BYTES:
+                if not verified:
+                    verify_resume(path, scan, expect, prefix_ends_line, pending)
+                    verified = True
+                cut = pending.rfind(b"\n") + 1
+                if cut:
+                    with memoryview(pending) as view:
+                        ready.append(bytes(view[:cut]))
+                        rest = bytearray(view[cut:])
+                    pending = rest
+                    yield ready.pop()
+    scan.size = pos
     if pos == 0:
         raise InputError(f"{path}: empty CSV member")
-    body = b"".join(tail)
-    if skip == 0:
-        body = body[header_len:]
-    return ArchiveRead(body, 0, pos, hasher.hexdigest(), prefix_sha, pos, prefix_ends_line)
+    if not verified:
+        if pos < skip:
+            raise Restated(f"{path}: shorter than the {skip:,} bytes already processed")
+        verify_resume(path, scan, expect, prefix_ends_line, pending)
+    if hasher is not None:
+        scan.sha256 = hasher.hexdigest()
+    if pending:
+        ready.append(bytes(pending))
+        del pending
+        yield ready.pop()
+
+
+def verify_resume(
+    path: Path, scan: ArchiveScan, expect: str | None, prefix_ends_line: bool, tail: bytearray
+) -> None:
+    """Check the processed prefix before its tail is used; trim the tail where needed.
+
+    If the processed file ended inside its last line (no final newline), that line
+    was processed whole: a newline now completes it and is dropped; anything else
+    extended the line, which is a restatement.
+    """
+    if scan.prefix_sha256 != expect:
+        raise Restated(f"{path}: the bytes already processed have changed")
+    if not prefix_ends_line and tail:
+        ending = re.match(rb"\r?\n", tail)
+        if not ending:
+            raise Restated(f"{path}: the last line processed was extended")
+        del tail[: ending.end()]
 
 
 # --- The shared transformation -------------------------------------------------------------
@@ -700,13 +744,9 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
     stages: dict[str, float] = {}
     lookups = load_lookups(data_dir)
     path = archive_path(data_dir, client, day)
-    with timed(stages, "read"):
-        read = read_full(path, day)
-    with timed(stages, "parse"):
-        rows = split_lines(read.body, read.first_line)
-        read.body = b""  # release the inflated text before the transform
+    scan = ArchiveScan()
+    artifacts = process_blocks(scan_archive(path, day, scan), 2, client, lookups, stages)
     with timed(stages, "transform"):
-        artifacts = process_transactions(rows.lazy(), client, lookups)
         check_rejections(path, artifacts, artifacts.rows_read)
         table = finalize(artifacts.aggregated)
     with timed(stages, "write"):
@@ -727,10 +767,61 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
         counters=artifacts.counters,
         rows_processed=artifacts.rows_read,
         rows_written=table.height,
-        bytes_inflated=read.inflated,
-        archive_bytes=read.size,
+        bytes_inflated=scan.inflated,
+        archive_bytes=scan.size,
         latest_date=iso(artifacts.latest_date),
         top_five=artifacts.top_five.to_dicts(),
+    )
+
+
+def process_blocks(
+    blocks: Iterator[bytes],
+    first_line: int,
+    client: str,
+    lookups: Lookups,
+    stages: dict[str, float],
+) -> PipelineArtifacts:
+    """Parse and transform block after block, then add the partial results up.
+
+    Every output column is a sum (or a max), so blocks combine exactly; the stage
+    clocks accumulate over the blocks.
+    """
+    parts = []
+    while True:
+        with timed(stages, "read"):
+            block = next(blocks, None)
+        if block is None:
+            break
+        with timed(stages, "parse"):
+            rows = split_lines(block, first_line)
+            del block  # the text is in `rows` now
+        with timed(stages, "transform"):
+            parts.append(process_transactions(rows.lazy(), client, lookups))
+        first_line += parts[-1].rows_read
+    with timed(stages, "transform"):
+        if not parts:  # nothing new: an empty result with the right columns
+            return process_transactions(split_lines(b"", first_line).lazy(), client, lookups)
+        return parts[0] if len(parts) == 1 else combine(parts)
+
+
+def sum_additive(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add up the additive columns of rows that share a key."""
+    return frame.group_by(KEY).agg(
+        pl.col("total_quantity").sum(), pl.col("revenue_cents").sum(), pl.col("order_count").sum()
+    )
+
+
+def combine(parts: list[PipelineArtifacts]) -> PipelineArtifacts:
+    """One PipelineArtifacts from those of consecutive blocks."""
+    aggregated = sum_additive(pl.concat([p.aggregated for p in parts]))
+    latest = max((p.latest_date for p in parts if p.latest_date), default=None)
+    return PipelineArtifacts(
+        aggregated=aggregated,
+        top_five=top_five(aggregated, latest),
+        counters={c: sum(p.counters[c] for p in parts) for c in COUNTERS},
+        latest_date=latest,
+        rejected=pl.concat([p.rejected for p in parts]),
+        rows_read=sum(p.rows_read for p in parts),
     )
 
 
@@ -773,28 +864,24 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
             f"refusing to go back to day {day}"
         )
     note = ""
-    with timed(stages, "read"):
-        read = read_past(path, day, cp.bytes_processed if cp else 0)
-    if cp and read.body and not read.prefix_ends_line:
-        # The processed file ended inside its last line (no final newline): that line
-        # was processed whole. A newline now completes it; anything else changed it.
-        ending = re.match(rb"\r?\n", read.body)
-        read.body = read.body[ending.end() :] if ending else read.body
-        read.prefix_sha256 = read.prefix_sha256 if ending else "last line was extended"
-    if cp and (read.prefix_sha256 != cp.prefix_sha256 or read.size < cp.bytes_processed):
-        # Restated history: the processed prefix is not in this archive any more.
-        note = f"restatement detected in {client} day {day}: rebuilt from the full archive"
-        cp = None
-        first_pass = read.inflated
-        with timed(stages, "read"):
-            read = read_past(path, day, 0)
-        read.inflated += first_pass
-    first_line = cp.lines_processed + 1 if cp else 2
-    with timed(stages, "parse"):
-        rows = split_lines(read.body, first_line)
-        read.body = b""  # release the inflated text before the transform
+    scan = ArchiveScan()
+    try:
+        blocks = scan_archive(
+            path, day, scan, cp.bytes_processed if cp else 0, True, cp and cp.prefix_sha256
+        )
+        artifacts = process_blocks(
+            blocks, cp.lines_processed + 1 if cp else 2, client, lookups, stages
+        )
+    except Restated as exc:
+        # History was restated: the processed prefix is not in this archive any more.
+        note = f"restatement detected in {client} day {day} ({exc}): rebuilt from the full archive"
+        cp, first_pass = None, scan.inflated
+        scan = ArchiveScan()
+        artifacts = process_blocks(
+            scan_archive(path, day, scan, hashing=True), 2, client, lookups, stages
+        )
+        scan.inflated += first_pass
     with timed(stages, "transform"):
-        artifacts = process_transactions(rows.lazy(), client, lookups)
         check_rejections(path, artifacts, artifacts.rows_read)
         touched = sorted({str(d) for d in artifacts.aggregated["transaction_date"].unique()})
     latest = max(
@@ -814,13 +901,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
         # so no other writer can change them between the read and the write.
         merge_start = time.perf_counter()
         merged = pl.concat([existing_days(con, client, touched), artifacts.aggregated])
-        table = finalize(
-            merged.group_by(KEY).agg(
-                pl.col("total_quantity").sum(),
-                pl.col("revenue_cents").sum(),
-                pl.col("order_count").sum(),
-            )
-        )
+        table = finalize(sum_additive(merged))
         merge_s = time.perf_counter() - merge_start
         con.execute(
             "DELETE FROM processed_sales WHERE client_id = ?"
@@ -834,9 +915,9 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
             (
                 client,
                 day,
-                read.size,
-                first_line - 1 + artifacts.rows_read,
-                read.sha256,
+                scan.size,
+                (cp.lines_processed if cp else 1) + artifacts.rows_read,
+                scan.sha256,
                 latest,
                 dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             ),
@@ -849,8 +930,8 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
         counters=artifacts.counters,
         rows_processed=artifacts.rows_read,
         rows_written=table.height,
-        bytes_inflated=read.inflated,
-        archive_bytes=read.size,
+        bytes_inflated=scan.inflated,
+        archive_bytes=scan.size,
         latest_date=latest,
         note=note,
         top_five=artifacts.top_five.to_dicts(),
@@ -903,8 +984,15 @@ def populate_historical_data(
 
 def state_matches_archive(cp: Checkpoint, data_dir: Path, client: str) -> bool:
     """True when the checkpoint's fingerprint is that of its day's whole archive."""
-    read = read_past(archive_path(data_dir, client, cp.last_day), cp.last_day, cp.bytes_processed)
-    return read.size == cp.bytes_processed and read.sha256 == cp.prefix_sha256
+    scan = ArchiveScan()
+    path = archive_path(data_dir, client, cp.last_day)
+    blocks = scan_archive(path, cp.last_day, scan, cp.bytes_processed, True, cp.prefix_sha256)
+    try:
+        for _ in blocks:
+            return False  # longer than what was processed
+    except Restated:
+        return False
+    return scan.size == cp.bytes_processed
 
 
 def progress(days: range, label: str) -> Iterator[int]:
@@ -1412,14 +1500,15 @@ def render_report(results: dict[str, Any]) -> str:
         "## Time and memory",
         "",
         "| pipeline | wall s, median | min | max | every run (s) | peak memory MiB |"
-        " kernel high-water check MiB |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: |",
+        " process RSS before -> peak MiB | kernel high-water check MiB |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for name, fig in (("baseline (full refresh)", base), ("incremental", inc)):
         w = fig["wall_s"]
         out.append(
             f"| {name} | {fmt_s(w['median'])} | {fmt_s(w['min'])} | {fmt_s(w['max'])} | "
             f"{', '.join(fmt_s(r) for r in w['runs'])} | {fig['peak_mib']:,.1f} | "
+            f"{fig['rss_before_mib']:,.0f} -> {fig['peak_rss_mib']:,.0f} | "
             f"{fig['hwm_delta_mib']['median']:,.1f} |"
         )
     out += [

@@ -145,9 +145,9 @@ def assert_table_matches(frame: pl.DataFrame, table: dict) -> None:
 
 def test_full_recompute_matches_the_oracle(tiny_feed):
     table, counters, _rejected = oracle_for(tiny_feed, "client_2", 3)
-    read = main.read_full(tiny_feed / "client_2/transactions_day_3.zip", 3)
+    blocks = main.scan_archive(tiny_feed / "client_2/transactions_day_3.zip", 3, main.ArchiveScan())
     lookups = main.load_lookups(tiny_feed)
-    art = main.process_transactions(main.split_lines(read.body, 2).lazy(), "client_2", lookups)
+    art = main.process_blocks(blocks, 2, "client_2", lookups, {})
     final = main.finalize(art.aggregated).with_columns(pl.col("local").cast(pl.Int64))
     assert_table_matches(final, table)
     assert art.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
@@ -196,6 +196,27 @@ def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
     fresh = apply_days(feed, tmp_path / "fresh.db", range(2, 2))
     first = main.incremental_step(fresh, feed, "client_1", 2)
     assert first.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+
+
+def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monkeypatch):
+    # Archives bigger than BLOCK_BYTES are processed block by block: shrink the block
+    # so this 3-day feed spans many, with a rejected row among them.
+    monkeypatch.setattr(main, "BLOCK_BYTES", 2_000)
+    filler = [
+        f"{i},2025-10-0{i % 3 + 1},SKU-{i % 4},{i % 9 + 1},{i}.25,2025-12-01,9{i:04d}"
+        for i in range(600)
+    ]
+    days = [filler[:300], [*filler[300:450], "bad,row"], filler[450:]]
+    feed = write_feed(tmp_path / "data", days)
+    table, counters, rejected = oracle_for(feed, "client_1", 3)
+    con = apply_days(feed, tmp_path / "db.sqlite", range(1, 4))
+    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    assert con.execute("SELECT line_number FROM rejected_rows").fetchall() == [(rejected[0][0],)]
+    blocks = main.scan_archive(feed / "client_1/transactions_day_3.zip", 3, main.ArchiveScan())
+    full = main.process_blocks(blocks, 2, "client_1", main.load_lookups(feed), {})
+    assert full.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+    assert full.rejected["line_number"].to_list() == [rejected[0][0]] == [452]
+    assert main.read_checkpoint(con, "client_1").lines_processed == 602
 
 
 def test_zero_revenue_day_has_share_zero_not_nan():
@@ -257,17 +278,16 @@ def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
     tmp_path, tiny_feed, monkeypatch
 ):
     con = apply_days(tiny_feed, tmp_path / "db.sqlite", range(1, 2))
-    real_read_past = main.read_past
+    real_scan = main.scan_archive
 
-    def read_while_another_run_commits(*args):
-        read = real_read_past(*args)
+    def scan_while_another_run_commits(*args, **kwargs):
+        monkeypatch.setattr(main, "scan_archive", real_scan)
         other = main.connect(tmp_path / "db.sqlite")
-        monkeypatch.setattr(main, "read_past", real_read_past)
         main.incremental_step(other, tiny_feed, "client_1", 2)
         other.close()
-        return read
+        yield from real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(main, "read_past", read_while_another_run_commits)
+    monkeypatch.setattr(main, "scan_archive", scan_while_another_run_commits)
     with pytest.raises(main.ConflictError, match="another run moved the checkpoint"):
         main.incremental_step(con, tiny_feed, "client_1", 2)
     table, _, _ = oracle_for(tiny_feed, "client_1", 2)
@@ -398,7 +418,7 @@ def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
     out, _, _ = benchmark_run
     results = json.loads((out / "r.json").read_text())
     # Nothing but the record may feed the renderer: no database, no archive, no clock.
-    for name in ("connect", "read_full", "read_past", "sales_rows", "environment"):
+    for name in ("connect", "scan_archive", "sales_rows", "environment"):
         monkeypatch.setattr(main, name, lambda *a, **k: pytest.fail("renderer recomputed"))
     assert main.render_report(results) == (out / "results.md").read_text()
 

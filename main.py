@@ -22,6 +22,7 @@ import argparse
 import builtins
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -159,6 +160,10 @@ class StaleDayError(InputError):
 
 class WorkerError(Exception):
     """A measured run crashed in its own process (a bug, not bad input): exit 1."""
+
+
+class BusyError(Exception):
+    """Another main.py run holds the database: exit 1, nothing changed."""
 
 
 class ConflictError(Exception):
@@ -970,6 +975,7 @@ def populate_historical_data(
             record = incremental_step(con, data_dir, client, d)
             if record.note:
                 notes.append(record.note)
+                say(record.note)
     finally:
         con.close()
     say(f"state of {client} at day {target}: {how}")
@@ -1279,9 +1285,10 @@ def measure(cfg: BenchConfig, state: Path, scratch: Path) -> tuple[dict[str, Any
 def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
     """Both pipelines on every day 2..N-1: one run each, time and memory sampled together.
 
-    A state of its own is replayed forward one day at a time, so each day is measured
-    from exactly the day before, as in the main measurement. Day N comes from the main
-    measurement itself.
+    Each day starts from the state the incremental run of the day before left (a state
+    of the sweep's own, from day 1), so each day is measured from exactly the day
+    before, as in the main measurement, and the two answers of every day are checked
+    for parity. Day N comes from the main measurement itself.
     """
     state = scratch / "sweep-state.db"
     with contextlib.closing(connect(state)) as con:
@@ -1290,8 +1297,8 @@ def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
     points = []
     for day in progress(range(2, cfg.day), "sweep: days"):
         point: dict[str, Any] = {"day": day}
-        for pipeline in PIPELINES:
-            db = scratch / f"sweep-{pipeline}.db"
+        dbs = {p: scratch / f"sweep-{p}.db" for p in PIPELINES}
+        for pipeline, db in dbs.items():
             copy_db(state, db)
             spec = {"data_dir": str(cfg.data_dir), "client": cfg.client, "day": day}
             spec |= {"pipeline": pipeline, "db": str(db), "mode": "memory", "tag": f"sweep{day}"}
@@ -1300,11 +1307,17 @@ def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
                 "wall_s": run["wall_s"],
                 "peak_mib": run["peak_rss_mib"] - run["rss_before_mib"],
                 "rows_processed": run["record"]["rows_processed"],
+                "notes": [run["record"]["note"]] if run["record"]["note"] else [],
             }
-            db.unlink()
+        with contextlib.closing(connect(dbs["incremental"])) as con:
+            copy_client_rows(dbs["baseline"], con, cfg.client, FULL_REFRESH_TABLES)
+            point["parity_ok"] = check_parity(con, cfg.client)["ok"]
+            with transaction(con):  # tomorrow's baseline starts client-free again
+                for table in FULL_REFRESH_TABLES:
+                    con.execute(f"DELETE FROM {table} WHERE client_id = ?", (cfg.client,))
+        os.replace(dbs["incremental"], state)
+        dbs["baseline"].unlink()
         points.append(point)
-        with contextlib.closing(connect(state)) as con:
-            incremental_step(con, cfg.data_dir, cfg.client, day)
     return points
 
 
@@ -1438,6 +1451,37 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds:.3f}"
 
 
+def render_correctness(results: dict[str, Any]) -> list[str]:
+    """The 'Correctness' section: which checks ran in this run, and what they found."""
+    c, cond = results["correctness"], results["conditions"]
+    sweep_days = c["parity_sweep_days"]
+    failed = [d for d, ok in sweep_days.items() if not ok]
+    lines = [
+        "## Correctness",
+        "",
+        f"- State at day {cond['day'] - 1}: {c['state']}"
+        f" ({results['warmup']['seconds']:.1f} s, untimed).",
+        f"- Parity on day {cond['day']}: {'held' if c['parity_day_n'] else 'FAILED'}.",
+    ]
+    if sweep_days:
+        first, last = min(sweep_days, key=int), max(sweep_days, key=int)
+        lines.append(
+            f"- Parity on each sweep day ({first} to {last}, incremental state against"
+            f" a full recompute of that day's archive): "
+            + ("held on every day." if not failed else f"FAILED on days {failed}.")
+        )
+    else:
+        lines.append("- Parity on earlier days: not checked in this run (--no-sweep).")
+    lines += [
+        f"- Rows rejected (kept in `rejected_rows` with line and reason): "
+        f"{c['rows_rejected_archive']:,} in the day-{cond['day']} archive,"
+        f" {c['rows_rejected_new']:,} of them among its new rows.",
+        "- Restatements detected (client rebuilt from the full archive): "
+        + ("; ".join(c["restatements"]) if c["restatements"] else "none."),
+    ]
+    return lines
+
+
 def render_sweep(results: dict[str, Any]) -> list[str]:
     """The 'how cost grows' section: the chart and its numbers."""
     if not results["sweep"]:
@@ -1563,11 +1607,8 @@ def render_report(results: dict[str, Any]) -> str:
             f"- columns that differ (rows): {diff['columns_differing']}",
             *[f"- `{line}`" for line in diff["sample"]],
         ]
+    out += ["", *render_correctness(results), ""]
     out += [
-        "",
-        f"Warm-up: {results['warmup']['how']} in {results['warmup']['seconds']:.1f} s.",
-        *[f"Note: {n}" for n in results["warmup"]["notes"] + base["notes"] + inc["notes"]],
-        "",
         f"## Top 5 SKU groups by revenue on {summary['date']}",
         "",
         "| rank | sku_group | revenue USD | orders |",
@@ -1647,9 +1688,41 @@ def check_inputs(cfg: BenchConfig) -> None:
             raise InputError(f"{path}: the folder for {option} does not exist")
 
 
+@contextlib.contextmanager
+def exclusive_run(db: Path) -> Iterator[None]:
+    """Hold `<db>.lock` for the whole run; a second run on the same database stops at once.
+
+    SQLite's own locks (WAL, 30 s busy timeout, checkpoint re-checked inside each
+    transaction) already keep a table from being corrupted or double-counted; this lock
+    makes a second benchmark say so plainly instead of racing the first to the end.
+    """
+    lock_path = db.with_name(db.name + ".lock")
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise BusyError(
+                f"{db}: another main.py run is using this database ({holder}); "
+                "wait for it to finish"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, started {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
+        lock.flush()
+        yield
+
+
 def run_benchmark(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
     """The whole flow of main(): returns the results record."""
     check_inputs(cfg)
+    with exclusive_run(cfg.db):
+        return benchmark_locked(cfg, say)
+
+
+def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any]:
+    """run_benchmark's work, once the database is ours."""
     with tempfile.TemporaryDirectory(prefix=".bench-", dir=cfg.db.resolve().parent) as tmp:
         scratch = Path(tmp)
         # All work happens on copies: the real database changes only at the very end,
@@ -1709,6 +1782,18 @@ def run_benchmark(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, Any
             "run_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
         "warmup": warmup,
+        "correctness": {
+            "state": warmup["how"],
+            "parity_day_n": parity["ok"],
+            "parity_sweep_days": {str(p["day"]): p["parity_ok"] for p in sweep},
+            "rows_rejected_archive": base["counters"]["rows_rejected"],
+            "rows_rejected_new": inc["counters"]["rows_rejected"],
+            "restatements": [
+                *warmup["notes"],
+                *[n for p in sweep for n in p["incremental"]["notes"]],
+                *inc["notes"],
+            ],
+        },
         "sweep": sweep_points(sweep, figures, cfg.day) if cfg.sweep else [],
         "chart": cfg.report.with_suffix(".png").name if cfg.sweep else None,
         "summary": summary,
@@ -1809,7 +1894,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
-    except (ConflictError, WorkerError) as exc:
+    except (BusyError, ConflictError, WorkerError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 1
     if cfg.json_path:

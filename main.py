@@ -76,7 +76,7 @@ UNKNOWN_ZIP = "00000"
 UNKNOWN_SKU_GROUP = "UNKNOWN"
 LOCAL_STATE = "CA"
 MATURITY_DEFAULT_DAYS = 3  # imputed maturity_date = transaction_date + 3 days
-ISO_DATE = r"^\d{4}-\d{2}-\d{2}$"
+ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # ASCII digits: \d would take any script's
 READ_CHUNK_BYTES = 1 << 20  # inflate step; the incremental path keeps only the tail
 BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at default scale
 REJECT_LIMIT = 0.01  # more than 1% of a file's new rows rejected: stop, change nothing
@@ -439,7 +439,7 @@ def cleaned_rows(valid: pl.LazyFrame, lookups: Lookups) -> pl.LazyFrame:
     """Apply the cleaning rules of CONTRACT.md section 2, with one flag column per counter."""
     raw_zip = pl.col("zip_code_raw")
     blank = raw_zip.is_null() | raw_zip.str.contains(r"^\s*$")
-    five = raw_zip.str.replace_all(r"\s", "").str.to_uppercase().str.extract(r"(\d{5})", 1)
+    five = raw_zip.str.replace_all(r"\s", "").str.to_uppercase().str.extract(r"([0-9]{5})", 1)
     raw_m = pl.col("maturity_date")
     parsed_m = pl.when(raw_m.str.contains(ISO_DATE)).then(
         raw_m.str.to_date("%Y-%m-%d", strict=False)
@@ -500,7 +500,7 @@ def process_transactions(rows: pl.LazyFrame, client: str, lookups: Lookups) -> P
     rejected = typed.filter(pl.col("reason").is_not_null()).select(
         "line_number",
         "reason",
-        raw_line=pl.coalesce("raw_line", pl.concat_str(COLUMNS, separator=",")),
+        raw_line=pl.coalesce("raw_line", pl.concat_str(COLUMNS, separator=","), pl.lit("")),
     )
     # The streaming engine runs the plan in morsels: faster here and without
     # materialising every intermediate column of every row (measured on 1.9M rows,
@@ -1065,6 +1065,16 @@ def check_parity(con: sqlite3.Connection, client: str) -> dict[str, Any]:
     return record
 
 
+def overall_parity(day_n: dict[str, Any], sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """Parity of the run: day N's record, failed if any sweep day failed too."""
+    failed = [p for p in sweep if not p["parity"]["ok"]]
+    if day_n["ok"] and failed:
+        first = failed[0]["parity"]
+        days = ", ".join(str(p["day"]) for p in failed)
+        return {**first, "ok": False, "error": f"sweep day(s) {days}: {first['error']}"}
+    return day_n
+
+
 def diff_summary(inc: pl.DataFrame, full: pl.DataFrame) -> dict[str, Any]:
     """Rows on one side only, columns that differ (and in how many rows), five sample rows."""
     only_inc = inc.join(full, on=KEY, how="anti")
@@ -1311,7 +1321,8 @@ def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
             }
         with contextlib.closing(connect(dbs["incremental"])) as con:
             copy_client_rows(dbs["baseline"], con, cfg.client, FULL_REFRESH_TABLES)
-            point["parity_ok"] = check_parity(con, cfg.client)["ok"]
+            point["parity"] = check_parity(con, cfg.client)
+            point["parity_ok"] = point["parity"]["ok"]
             with transaction(con):  # tomorrow's baseline starts client-free again
                 for table in FULL_REFRESH_TABLES:
                     con.execute(f"DELETE FROM {table} WHERE client_id = ?", (cfg.client,))
@@ -1470,6 +1481,8 @@ def render_correctness(results: dict[str, Any]) -> list[str]:
             f" a full recompute of that day's archive): "
             + ("held on every day." if not failed else f"FAILED on days {failed}.")
         )
+    elif results["chart"]:
+        lines.append("- Parity on earlier days: no earlier day to sweep.")
     else:
         lines.append("- Parity on earlier days: not checked in this run (--no-sweep).")
     lines += [
@@ -1696,8 +1709,12 @@ def exclusive_run(db: Path) -> Iterator[None]:
     transaction) already keep a table from being corrupted or double-counted; this lock
     makes a second benchmark say so plainly instead of racing the first to the end.
     """
-    lock_path = db.with_name(db.name + ".lock")
-    with open(lock_path, "a+") as lock:
+    lock_path = db.resolve().with_name(db.resolve().name + ".lock")  # same file via any link
+    try:
+        lock = open(lock_path, "a+")  # noqa: SIM115 (closed below, after the run)
+    except OSError as exc:
+        raise InputError(f"{lock_path}: cannot open the lock file ({exc.strerror})") from None
+    with lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -1746,7 +1763,7 @@ def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, 
         profile_lines(cfg, state, scratch)
         with contextlib.closing(connect(final)) as con:
             started = time.perf_counter()
-            parity = check_parity(con, cfg.client)
+            parity = overall_parity(check_parity(con, cfg.client), sweep)
             parity["seconds"] = time.perf_counter() - started
             summary = day_summary(con, cfg.client, figures["baseline"]["latest_date"])
         target = cfg.db
@@ -1788,11 +1805,15 @@ def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, 
             "parity_sweep_days": {str(p["day"]): p["parity_ok"] for p in sweep},
             "rows_rejected_archive": base["counters"]["rows_rejected"],
             "rows_rejected_new": inc["counters"]["rows_rejected"],
-            "restatements": [
-                *warmup["notes"],
-                *[n for p in sweep for n in p["incremental"]["notes"]],
-                *inc["notes"],
-            ],
+            "restatements": list(  # each once, whichever replay met it
+                dict.fromkeys(
+                    [
+                        *warmup["notes"],
+                        *[n for p in sweep for n in p["incremental"]["notes"]],
+                        *inc["notes"],
+                    ]
+                )
+            ),
         },
         "sweep": sweep_points(sweep, figures, cfg.day) if cfg.sweep else [],
         "chart": cfg.report.with_suffix(".png").name if cfg.sweep else None,

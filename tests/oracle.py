@@ -16,7 +16,7 @@ COLUMNS = 7
 
 def iso_date(text: str) -> dt.date | None:
     """A strict YYYY-MM-DD date, or None."""
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
         return None
     try:
         return dt.date.fromisoformat(text)
@@ -53,7 +53,7 @@ def expected(
             zip_code = "00000"
             counters["zip_missing"] += 1
         else:
-            found = re.search(r"\d{5}", re.sub(r"\s", "", zip_raw).upper())
+            found = re.search(r"[0-9]{5}", re.sub(r"\s", "", zip_raw).upper())
             zip_code = found.group() if found else "00000"
             if not found:
                 counters["zip_international"] += 1

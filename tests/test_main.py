@@ -59,7 +59,9 @@ def test_noisy_zip_is_repaired_to_its_first_five_digits(zip_raw):
     assert fired == {"zip_repaired": 1}
 
 
-@pytest.mark.parametrize("zip_raw", ["INTL", "SW1A 1AA", "M5V 3L9", "1234"])
+@pytest.mark.parametrize(
+    "zip_raw", ["INTL", "SW1A 1AA", "M5V 3L9", "1234", "\u0669\u0664\u0661\u0660\u0667"]
+)
 def test_zip_without_five_digits_is_international(zip_raw):
     got, fired = one_row(row(zip_raw=zip_raw))
     assert got["local"] is False
@@ -114,7 +116,7 @@ def test_unparseable_row_is_rejected_alone_with_its_line(bad, reason):
     assert art.counters["rows_rejected"] == 1
     rejected = art.rejected.row(0, named=True)
     assert rejected["line_number"] == 3 and reason in rejected["reason"]
-    assert (rejected["raw_line"] or "") == bad
+    assert rejected["raw_line"] == bad  # kept as it was, even when empty
 
 
 # --- the aggregate against an independent oracle -----------------------------------------------
@@ -421,6 +423,19 @@ def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
     for name in ("connect", "scan_archive", "sales_rows", "environment"):
         monkeypatch.setattr(main, name, lambda *a, **k: pytest.fail("renderer recomputed"))
     assert main.render_report(results) == (out / "results.md").read_text()
+
+
+def test_a_failed_sweep_day_fails_the_run_and_the_report_says_where(benchmark_run):
+    good = {"ok": True, "rows": 10}
+    bad = {"ok": False, "error": "values differ", "diff": {"sample": []}}
+    sweep = [{"day": 2, "parity": good}, {"day": 3, "parity": bad}, {"day": 4, "parity": bad}]
+    verdict = main.overall_parity(good, sweep)
+    assert not verdict["ok"] and verdict["error"] == "sweep day(s) 3, 4: values differ"
+    assert main.overall_parity(good, sweep[:1]) is good
+    out, _, _ = benchmark_run
+    results = json.loads((out / "r.json").read_text())
+    results["correctness"]["parity_sweep_days"] = {"2": False}
+    assert "FAILED on days ['2']" in main.render_report(results)
 
 
 def test_chart_is_a_png_with_the_sweep_numbers_under_it(benchmark_run):

@@ -219,7 +219,7 @@ MATURITY_TEXT = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(zip_raw=ZIP_TEXT, maturity=MATURITY_TEXT)
 def test_fuzzed_zip_and_maturity_follow_the_cleaning_rules(zip_raw, maturity):
     line = f"1,2025-10-01,SKU-1,2,10.50,{maturity},{zip_raw}"

@@ -681,10 +681,16 @@ def rejected_frame(artifacts: PipelineArtifacts, client: str, day: int) -> pl.Da
     )
 
 
-def clear_client(con: Connection, client: str) -> None:
-    """Delete a client's incremental state (inside the caller's transaction)."""
-    for table in ("processed_sales", "rejected_rows", "ingest_checkpoint"):
-        con.execute(f"DELETE FROM {table} WHERE client_id = ?", (client,))
+STATE_TABLES = ("processed_sales", "rejected_rows", "ingest_checkpoint")
+FULL_REFRESH_TABLES = ("processed_sales_full_refresh", "rejected_rows_full_refresh")
+
+
+def delete_client(
+    con: Connection, client: str, tables: Iterable[str], schema: str = "main"
+) -> None:
+    """Delete a client's rows from `tables` (inside the caller's transaction)."""
+    for table in tables:
+        con.execute(f"DELETE FROM {schema}.{table} WHERE client_id = ?", (client,))
 
 
 def existing_days(con: sqlite3.Connection, client: str, days: list[str]) -> pl.DataFrame:
@@ -758,8 +764,7 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
         con = connect(db)
         try:
             with transaction(con):
-                for name in ("processed_sales_full_refresh", "rejected_rows_full_refresh"):
-                    con.execute(f"DELETE FROM {name} WHERE client_id = ?", (client,))
+                delete_client(con, client, FULL_REFRESH_TABLES)
                 write_frame(con, "processed_sales_full_refresh", table)
                 write_frame(
                     con, "rejected_rows_full_refresh", rejected_frame(artifacts, client, day)
@@ -901,7 +906,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
                 "processed; nothing written, run again"
             )
         if cp is None:
-            clear_client(con, client)
+            delete_client(con, client, STATE_TABLES)
         # The merge reads the stored rows of the touched days inside the transaction,
         # so no other writer can change them between the read and the write.
         merge_start = time.perf_counter()
@@ -963,7 +968,7 @@ def populate_historical_data(
             first, how = cp.last_day + 1, f"carried the stored state forward from day {cp.last_day}"
         else:
             with transaction(con):
-                clear_client(con, client)
+                delete_client(con, client, STATE_TABLES)
             first = 1
             how = (
                 f"replayed days 1..{target}" if target else "nothing to replay: day 1 starts empty"
@@ -1111,16 +1116,13 @@ PIPELINES: dict[str, Callable[[Path, Path, str, int], RunRecord]] = {
 }
 
 
-FULL_REFRESH_TABLES = ("processed_sales_full_refresh", "rejected_rows_full_refresh")
-
-
 def copy_client_rows(src: Path, con: Connection, client: str, tables: Iterable[str]) -> None:
     """Replace a client's rows of `tables` in `con` by those of database `src`, atomically."""
     con.execute("ATTACH DATABASE ? AS src", (str(src),))
     try:
         with transaction(con):
+            delete_client(con, client, tables)
             for table in tables:
-                con.execute(f"DELETE FROM main.{table} WHERE client_id = ?", (client,))
                 con.execute(
                     f"INSERT INTO main.{table} SELECT * FROM src.{table} WHERE client_id = ?",
                     (client,),
@@ -1324,8 +1326,7 @@ def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
             point["parity"] = check_parity(con, cfg.client)
             point["parity_ok"] = point["parity"]["ok"]
             with transaction(con):  # tomorrow's baseline starts client-free again
-                for table in FULL_REFRESH_TABLES:
-                    con.execute(f"DELETE FROM {table} WHERE client_id = ?", (cfg.client,))
+                delete_client(con, cfg.client, FULL_REFRESH_TABLES)
         os.replace(dbs["incremental"], state)
         dbs["baseline"].unlink()
         points.append(point)
@@ -1751,8 +1752,7 @@ def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, 
             ensure_schema(con, say=lambda line: None)  # said when the real one is migrated
             # Every baseline run then writes into the same client-free table.
             with transaction(con):
-                for table in FULL_REFRESH_TABLES:
-                    con.execute(f"DELETE FROM {table} WHERE client_id = ?", (cfg.client,))
+                delete_client(con, cfg.client, FULL_REFRESH_TABLES)
         warmup = populate_historical_data(state, cfg.data_dir, cfg.client, cfg.day, say)
         say(f"timing {cfg.repeat} repeat(s) of each pipeline, each in a fresh process")
         figures, final = measure(cfg, state, scratch)

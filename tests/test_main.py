@@ -280,16 +280,16 @@ def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
     tmp_path, tiny_feed, monkeypatch
 ):
     con = apply_days(tiny_feed, tmp_path / "db.sqlite", range(1, 2))
-    real_scan = main.scan_archive
+    real_scan = main.scan_lines
 
     def scan_while_another_run_commits(*args, **kwargs):
-        monkeypatch.setattr(main, "scan_archive", real_scan)
+        monkeypatch.setattr(main, "scan_lines", real_scan)
         other = main.connect(tmp_path / "db.sqlite")
         main.incremental_step(other, tiny_feed, "client_1", 2)
         other.close()
         yield from real_scan(*args, **kwargs)
 
-    monkeypatch.setattr(main, "scan_archive", scan_while_another_run_commits)
+    monkeypatch.setattr(main, "scan_lines", scan_while_another_run_commits)
     with pytest.raises(main.ConflictError, match="another run moved the checkpoint"):
         main.incremental_step(con, tiny_feed, "client_1", 2)
     table, _, _ = oracle_for(tiny_feed, "client_1", 2)
@@ -316,7 +316,16 @@ def test_replaying_days_equals_the_oracle_of_the_last_archive(replayed, tiny_fee
     cp = main.read_checkpoint(replayed, "client_1")
     csv = read_csv_bytes(tiny_feed / "client_1/transactions_day_3.zip")
     assert cp.last_day == 3 and cp.bytes_processed == len(csv)
-    assert cp.prefix_sha256 == hashlib.sha256(csv).hexdigest()
+    # The fingerprint chains the pieces each day added: d1 = sha256(day 1),
+    # dk = sha256(d(k-1) + the bytes day k added).
+    ends = [
+        len(read_csv_bytes(tiny_feed / f"client_1/transactions_day_{d}.zip")) for d in (1, 2, 3)
+    ]
+    assert cp.ends == ends
+    digest = b""
+    for start, end in zip([0, *ends], ends, strict=False):
+        digest = hashlib.sha256(digest + csv[start:end]).digest()
+    assert cp.prefix_sha256 == digest.hex()
     assert cp.lines_processed == csv.count(b"\n") == 3601
 
 

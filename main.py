@@ -407,7 +407,8 @@ def inflate_tracked(
     """Inflate with zlib (zlib-state) from the start or from an access point.
 
     Yields the CSV from `start.offset` (or 0) in pieces of about READ_CHUNK_BYTES and
-    fills `found` with the last ACCESS_POINTS_KEPT block boundaries, for the next run.
+    fills `found` with the last ACCESS_POINTS_KEPT block boundaries (counting `start`),
+    for the next run.
     zlib-state, not ISA-L: only zlib reports block boundaries and can be primed there.
     Its input buffer is 32 KiB, so streams past 4 GiB never meet zlib's 32-bit counters.
     """
@@ -424,47 +425,61 @@ def inflate_tracked(
         decomp.set_state(start.window, start.bits, last_byte)
         pos, offset, crc = start.compressed_offset, start.offset, start.crc32
     base_in = pos
-    recent: collections.deque[AccessPoint] = collections.deque(maxlen=ACCESS_POINTS_KEPT)
+    # One more than kept: the last boundary zlib flags is the end of the stream.
+    recent: collections.deque[AccessPoint] = collections.deque(maxlen=ACCESS_POINTS_KEPT + 1)
+    if start is not None:
+        # The start is a boundary too, and the only one when a day adds less than a
+        # block: keeping it means tomorrow can resume here again.
+        recent.append(replace(start))
     history: collections.deque[tuple[int, bytes]] = collections.deque()  # text since recent[0]
     out: list[bytes] = []
     out_len = 0
     pieces = compressed_pieces(member, pos)
     piece = memoryview(b"")
-    stalled = 0  # reads that made no output after the input ran out
-    try:
-        while not decomp.eof():
-            if decomp.needs_input():
-                if not piece:
-                    piece = memoryview(next(pieces, b""))
-                if piece:
-                    decomp.feed_input(piece[:FEED_BYTES])
-                    piece = piece[FEED_BYTES:]
+    exhausted = False  # every compressed byte has been fed
+    while not decomp.eof():
+        if decomp.needs_input() and not exhausted:
+            if not piece:
+                piece = memoryview(next(pieces, b""))
+            exhausted = not piece
+            decomp.feed_input(piece[:FEED_BYTES])
+            piece = piece[FEED_BYTES:]
+        try:
             text = decomp.read()
-            # Out of input, zlib may still owe output (a copy cut by the full buffer);
-            # twice nothing at all means the stream stops short of its end.
-            stalled = stalled + 1 if not text and not piece else 0
-            if stalled > 1:
-                raise CorruptArchive(
-                    f"{member.path}: corrupt archive, the deflate stream is truncated"
-                )
-            if text:
-                history.append((offset, text))
-                out.append(text)
-                out_len += len(text)
-                offset += len(text)
-                crc = isal_zlib.crc32(text, crc)
-            if decomp.block_boundary() and not decomp.eof():
+        except RuntimeError as exc:  # zlib-state's way of reporting a zlib error
+            # Out of input, zlib says Z_BUF_ERROR: the stream stops short of its end.
+            detail = "the deflate stream is truncated" if exhausted else f"cannot inflate ({exc})"
+            raise CorruptArchive(f"{member.path}: corrupt archive, {detail}") from None
+        if text:
+            history.append((offset, text))
+            out.append(text)
+            out_len += len(text)
+            offset += len(text)
+            crc = isal_zlib.crc32(text, crc)
+        if decomp.block_boundary() and not decomp.eof():
+            with contextlib.suppress(RuntimeError):  # no state right after a feed: skip it
                 window, bits, _ = decomp.get_state()
                 recent.append(
-                    AccessPoint(base_in + decomp.total_in(), bits, offset, crc, window[-offset:])
+                    AccessPoint(
+                        base_in + decomp.total_in(),
+                        bits,
+                        offset,
+                        crc,
+                        window[max(len(window) - offset, 0) :],
+                    )
                 )
                 while len(history) > 1 and history[1][0] <= recent[0].offset:
                     history.popleft()
-            if out_len >= READ_CHUNK_BYTES:
-                yield b"".join(out)
-                out, out_len = [], 0
-    except RuntimeError as exc:  # zlib-state's way of reporting a data error
-        raise CorruptArchive(f"{member.path}: corrupt archive, cannot inflate ({exc})") from None
+        if out_len >= READ_CHUNK_BYTES:
+            yield b"".join(out)
+            out, out_len = [], 0
+    pieces.close()
+    if recent and recent[-1].compressed_offset == base_in + decomp.total_in():
+        # zlib flags the end of the final block as a boundary too: nothing follows
+        # it in this stream, and tomorrow's stream differs there. Not a point.
+        recent.pop()
+    while len(recent) > ACCESS_POINTS_KEPT:
+        recent.popleft()
     if out:
         yield b"".join(out)
     check_integrity(member, offset, crc)

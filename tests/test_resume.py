@@ -1,0 +1,306 @@
+"""Issue 6: resuming inside the cumulative archive from saved deflate access points."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import generate, read_csv_bytes
+from isal import isal_zlib
+from test_main import assert_table_matches, oracle_for
+
+import generate_data
+import main
+
+START = generate_data.dt.date(2025, 10, 1)
+
+
+def fresh_db(path: Path) -> main.Connection:
+    con = main.connect(path)
+    main.ensure_schema(con, print)
+    return con
+
+
+def state(con: main.Connection) -> main.pl.DataFrame:
+    return main.sales_rows(con, "processed_sales", "client_1")
+
+
+def archive(feed: Path, day: int) -> Path:
+    return main.archive_path(feed, "client_1", day)
+
+
+def write_deflated(path: Path, csv: bytes, raw_deflate: bytes, size: int | None = None) -> None:
+    """A one-member zip around given raw deflate bytes (the generator's own zip writer)."""
+    name = path.stem.encode() + b".csv"
+    crc, usize = zlib.crc32(csv), len(csv) if size is None else size
+    header = generate_data.local_header(name, crc, len(raw_deflate), usize, START)
+    body = header + raw_deflate
+    path.write_bytes(
+        body + generate_data.central_directory(name, crc, len(raw_deflate), usize, START, len(body))
+    )
+
+
+def zlib_deflate(level: int) -> Callable[[bytes], bytes]:
+    def deflate(csv: bytes) -> bytes:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        return c.compress(csv) + c.flush()
+
+    return deflate
+
+
+def isal_deflate(csv: bytes) -> bytes:
+    return isal_zlib.compress(csv, 2, -15)
+
+
+def resumed_text(member: main.Member, point: main.AccessPoint) -> tuple[bytes, list]:
+    found: list[main.AccessPoint] = []
+    return b"".join(main.inflate_tracked(member, point, found)), found
+
+
+@pytest.fixture(scope="module")
+def drip_feed(tmp_path_factory):
+    """1 client, 12 days: 8,000 rows, then a single row a day (the tiniest append)."""
+    return generate(
+        tmp_path_factory.mktemp("drip") / "data",
+        *["--clients", "1", "--days", "12", "--base-rows", "8000", "--daily-rows", "1"],
+        *["--seed", "5"],
+    )
+
+
+@pytest.fixture(scope="module")
+def four_days(tmp_path_factory):
+    """1 client, 4 days, 6,000 + 400 rows: the archive the fallback tests tamper with."""
+    return generate(
+        tmp_path_factory.mktemp("four") / "data",
+        *["--clients", "1", "--days", "4", "--base-rows", "6000", "--daily-rows", "400"],
+        *["--seed", "9"],
+    )
+
+
+@pytest.mark.parametrize("feed_name", ["drip_feed", "medium_feed"])
+def test_the_resumed_tail_equals_a_full_inflate_byte_for_byte(feed_name, request, tmp_path):
+    feed = request.getfixturevalue(feed_name)
+    client = "client_1"
+    days = sorted(int(p.stem.split("_")[-1]) for p in (feed / client).glob("*.zip"))
+    con = fresh_db(tmp_path / "db.sqlite")
+    main.incremental_step(con, feed, client, 1)
+    for day in days[1:]:
+        member = main.locate_member(archive(feed, day), day)
+        full = read_csv_bytes(archive(feed, day))  # zipfile and zlib: another inflater
+        cp = main.read_checkpoint(con, client)
+        point, _, why = main.choose_access_point(member, cp, main.read_access_points(con, client))
+        assert point is not None, why
+        tail, found = resumed_text(member, point)
+        assert tail == full[point.offset :]
+        # The points this read found resume correctly too, each one of them.
+        assert 1 <= len(found) <= main.ACCESS_POINTS_KEPT and found[0].offset >= point.offset
+        for p in found:
+            assert resumed_text(member, p)[0] == full[p.offset :]
+        record = main.incremental_step(con, feed, client, day)
+        assert record.read_mode.startswith("resumed"), record.read_mode
+        assert record.note == ""
+        # Inflated: the tail past the point, never the history before it.
+        assert record.bytes_inflated == len(full) - point.offset < len(full) // 4
+        assert record.rows_processed == full.count(b"\n") - cp.lines_processed
+    table, _, _ = oracle_for(feed, client, days[-1])
+    assert_table_matches(state(con), table)
+
+
+def test_the_fingerprint_stays_a_chain_of_what_each_day_added(drip_feed, tmp_path):
+    con = fresh_db(tmp_path / "db.sqlite")
+    digest, ends = b"", []
+    for day in range(1, 6):
+        main.incremental_step(con, drip_feed, "client_1", day)
+        csv = read_csv_bytes(archive(drip_feed, day))
+        digest = hashlib.sha256(digest + csv[ends[-1] if ends else 0 :]).digest()
+        ends.append(len(csv))
+    cp = main.read_checkpoint(con, "client_1")
+    assert (cp.ends, cp.prefix_sha256) == (ends, digest.hex())
+
+
+def rewrite_days(feed: Path, days: range, deflate: Callable[[bytes], bytes]) -> None:
+    for day in days:
+        csv = read_csv_bytes(archive(feed, day))
+        write_deflated(archive(feed, day), csv, deflate(csv))
+
+
+def stored(feed: Path, days: range) -> None:
+    for day in days:
+        csv = read_csv_bytes(archive(feed, day))
+        with zipfile.ZipFile(archive(feed, day), "w", zipfile.ZIP_STORED) as zf:
+            zf.writestr(f"transactions_day_{day}.csv", csv)
+
+
+@pytest.mark.parametrize(
+    ("recompress", "why"),
+    [
+        pytest.param(lambda f, d: rewrite_days(f, d, zlib_deflate(1)), "differ", id="level-1"),
+        pytest.param(lambda f, d: rewrite_days(f, d, zlib_deflate(9)), "differ", id="level-9"),
+        pytest.param(lambda f, d: rewrite_days(f, d, isal_deflate), "differ", id="isal"),
+        pytest.param(stored, "not deflate", id="stored"),
+    ],
+)
+def test_another_compressor_reads_whole_once_then_resumes(recompress, why, four_days, tmp_path):
+    feed = tmp_path / "data"
+    main.shutil.copytree(four_days, feed)
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2):
+        main.incremental_step(con, feed, "client_1", day)
+    recompress(feed, range(3, 5))  # same text, other compressed bytes
+    record = main.incremental_step(con, feed, "client_1", 3)
+    assert record.read_mode.startswith("read whole") and why in record.read_mode
+    assert "read whole" in record.note and str(archive(feed, 3)) in record.note
+    assert "restatement" not in record.note  # the text did not change: no rebuild
+    assert record.rows_processed == 400
+    table, _, _ = oracle_for(feed, "client_1", 3)
+    assert_table_matches(state(con), table)
+    record = main.incremental_step(con, feed, "client_1", 4)
+    if why == "not deflate":
+        assert record.read_mode.startswith("read whole")
+    else:  # the whole read of day 3 left access points into the new compressor's stream
+        assert record.read_mode.startswith("resumed"), record.read_mode
+    table, _, _ = oracle_for(feed, "client_1", 4)
+    assert_table_matches(state(con), table)
+
+
+def restate(feed: Path, i: int) -> None:
+    """Day 3 with one byte of already-processed text changed, compressed as the generator does."""
+    csv = bytearray(read_csv_bytes(archive(feed, 3)))
+    csv[i] = ord("7") if csv[i] != ord("7") else ord("8")
+    write_deflated(archive(feed, 3), bytes(csv), zlib_deflate(6)(bytes(csv)))
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        pytest.param(lambda csv, end: csv.index(b"\n") + 3, id="first-row"),
+        # Just before yesterday's end: the compressed prefix still matches at the
+        # access point, only the text between the point and the old end changed.
+        pytest.param(lambda csv, end: csv.rindex(b",", 0, end) - 2, id="last-row-processed"),
+    ],
+)
+def test_restated_history_behind_or_past_the_point_rebuilds(at, four_days, tmp_path):
+    feed = tmp_path / "data"
+    main.shutil.copytree(four_days, feed)
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2):
+        main.incremental_step(con, feed, "client_1", day)
+    end = main.read_checkpoint(con, "client_1").bytes_processed
+    restate(feed, at(read_csv_bytes(archive(feed, 3)), end))
+    record = main.incremental_step(con, feed, "client_1", 3)
+    assert "restatement detected in client_1 day 3" in record.note
+    assert record.read_mode == "rebuilt: history restated"
+    table, _, _ = oracle_for(feed, "client_1", 3)
+    assert_table_matches(state(con), table)
+
+
+def flip(path: Path, offset_from_end: int) -> None:
+    member = main.locate_member(path, 3)
+    data = bytearray(path.read_bytes())
+    at = member.data_start + member.compressed_size - offset_from_end
+    data[at] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def truncate(path: Path) -> None:
+    csv = read_csv_bytes(path)
+    raw = zlib_deflate(6)(csv)
+    write_deflated(path, csv, raw[: len(raw) - 200])
+
+
+@pytest.mark.parametrize(
+    ("damage", "error"),
+    [
+        pytest.param(lambda p: flip(p, 300), "corrupt", id="corrupt-tail"),
+        pytest.param(
+            lambda p: flip(p, main.locate_member(p, 3).compressed_size - 50),
+            "corrupt",
+            id="corrupt-prefix",
+        ),
+        pytest.param(truncate, "truncated", id="truncated"),
+    ],
+)
+def test_a_damaged_archive_fails_in_one_line_and_changes_nothing(
+    damage, error, four_days, tmp_path
+):
+    feed = tmp_path / "data"
+    main.shutil.copytree(four_days, feed)
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2):
+        main.incremental_step(con, feed, "client_1", day)
+    good = archive(feed, 3).read_bytes()
+    damage(archive(feed, 3))
+    with pytest.raises(main.InputError) as err:
+        main.incremental_step(con, feed, "client_1", 3)
+    message = str(err.value)
+    assert str(archive(feed, 3)) in message and "\n" not in message
+    assert error in message or "CRC-32" in message, message
+    assert main.read_checkpoint(con, "client_1").last_day == 2
+    table, _, _ = oracle_for(feed, "client_1", 2)
+    assert_table_matches(state(con), table)
+    # Mended, the same step resumes where day 2 left off.
+    archive(feed, 3).write_bytes(good)
+    assert main.incremental_step(con, feed, "client_1", 3).read_mode.startswith("resumed")
+    table, _, _ = oracle_for(feed, "client_1", 3)
+    assert_table_matches(state(con), table)
+
+
+def test_a_checkpoint_of_the_earlier_version_reads_whole_once_then_resumes(four_days, tmp_path):
+    db = tmp_path / "db.sqlite"
+    con = fresh_db(db)
+    for day in (1, 2):
+        main.incremental_step(con, four_days, "client_1", day)
+    # What the previous version left: no piece_ends column, no access points, and
+    # the plain SHA-256 of the processed CSV as its fingerprint.
+    csv = read_csv_bytes(archive(four_days, 2))
+    con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN piece_ends")
+    con.execute("DROP TABLE ingest_access_points")
+    con.execute(
+        "UPDATE ingest_checkpoint SET prefix_sha256 = ?", (hashlib.sha256(csv).hexdigest(),)
+    )
+    con.commit()
+    said: list[str] = []
+    main.ensure_schema(con, said.append)
+    assert said == ["table ingest_checkpoint gained column(s) piece_ends"]
+    record = main.incremental_step(con, four_days, "client_1", 3)
+    assert record.read_mode.startswith("read whole: no access point stored")
+    assert "restatement" not in record.note and record.rows_processed == 400
+    record = main.incremental_step(con, four_days, "client_1", 4)
+    assert record.read_mode.startswith("resumed")
+    table, _, _ = oracle_for(four_days, "client_1", 4)
+    assert_table_matches(state(con), table)
+
+
+def test_zip64_archives_resume(tmp_path, monkeypatch, four_days):
+    # Members of 4 GiB or more carry zip64 records, which move the compressed data:
+    # lower the limit so that these small archives carry them too.
+    monkeypatch.setattr(generate_data, "ZIP64_LIMIT", 1000)
+    feed = tmp_path / "data"
+    main.shutil.copytree(four_days, feed)
+    rewrite_days(feed, range(1, 5), zlib_deflate(6))
+    member = main.locate_member(archive(feed, 1), 1)
+    assert member.data_start == 30 + len("transactions_day_1.csv") + 20  # the zip64 extra
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in range(1, 5):
+        record = main.incremental_step(con, feed, "client_1", day)
+        assert day == 1 or record.read_mode.startswith("resumed")
+    table, _, _ = oracle_for(feed, "client_1", 4)
+    assert_table_matches(state(con), table)
+
+
+def test_the_prefix_hash_ignores_only_the_next_blocks_bits(four_days):
+    member = main.locate_member(archive(four_days, 2), 2)
+    raw = main.Path(member.path).read_bytes()[
+        member.data_start : member.data_start + member.compressed_size
+    ]
+    prefix = main.CompressedPrefix(member)
+    for offset, bits in ((1000, 0), (1000, 3), (2000, 7)):
+        kept = (
+            raw[: offset - 1] + bytes([raw[offset - 1] & (0xFF >> bits)]) if bits else raw[:offset]
+        )
+        assert prefix.digest_at(offset, bits) == hashlib.sha256(kept).hexdigest()
+    assert prefix.digest_at(member.compressed_size + 1, 0) is None

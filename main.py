@@ -1311,7 +1311,10 @@ def read_new_rows(
             hashing=True,
         )
         with timed(stages, "read"):
+            started = time.perf_counter()
             point, prefix, why = choose_access_point(member, cp, read_access_points(con, client))
+            # Part of "read": hashing the compressed history to prove it unchanged.
+            stages["verify"] = time.perf_counter() - started
         scan = ArchiveScan()
         try:
             if point is not None:
@@ -1661,6 +1664,15 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def file_rss_mib() -> float:
+    """File-backed resident size (RssFile): mostly library code, paged in on first use."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssFile:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def peak_rss_mib() -> float:
     """The kernel's high-water mark of this process's resident size, in MiB.
 
@@ -1692,7 +1704,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     args = (Path(spec["db"]), Path(spec["data_dir"]), spec["client"], spec["day"])
     load_lookups(args[1])
     gc.collect()
-    before = rss_mib()
+    before, file_before = rss_mib(), file_rss_mib()
     wall_s = peak = None
     if spec["mode"] == "memory":
 
@@ -1712,6 +1724,8 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "record": asdict(record),
         "wall_s": wall_s,
         "rss_before_mib": before,
+        # Code pages stay mapped once touched: after minus before is what the call paged in.
+        "file_rss_delta_mib": file_rss_mib() - file_before,
         "peak_rss_mib": peak,
         "hwm_rss_mib": maxrss,
     }
@@ -1790,7 +1804,7 @@ def measure(cfg: BenchConfig, state: Path, scratch: Path) -> tuple[dict[str, Any
             ),
             "stages_s": {
                 stage: statistics.median(r["record"]["stages_s"].get(stage, 0.0) for r in runs)
-                for stage in ("read", "parse", "transform", "write")
+                for stage in ("read", "verify", "parse", "transform", "write")
             },
             "counters": last["counters"],
             "rows_processed": last["rows_processed"],
@@ -1798,10 +1812,36 @@ def measure(cfg: BenchConfig, state: Path, scratch: Path) -> tuple[dict[str, Any
             "bytes_inflated": last["bytes_inflated"],
             "archive_bytes": last["archive_bytes"],
             "latest_date": last["latest_date"],
-            "notes": sorted({r["record"]["note"] for r in runs if r["record"]["note"]}),
+            "notes": sorted({r["record"]["note"] for r in [warm, *runs] if r["record"]["note"]}),
+            "read_modes": [r["record"]["read_mode"] for r in [warm, *runs]],
+            "file_rss_delta_mib": warm["file_rss_delta_mib"],
             "top_five": last["top_five"],
         }
     return figures, final
+
+
+def measure_inflaters(cfg: BenchConfig, tries: int = 3) -> dict[str, Any]:
+    """Inflate the whole day-N member with each inflater used here: median of `tries`.
+
+    Untimed with respect to the pipelines; it tells how much the choice of inflater
+    weighs, for the reader of the report.
+    """
+    member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
+    readers: dict[str, Callable[[], Iterator[bytes]]] = {
+        "ISA-L (isal)": lambda: inflate_all(member)
+    }
+    if member.method == zipfile.ZIP_DEFLATED:
+        readers["zlib (zlib-state)"] = lambda: inflate_tracked(member, None, [])
+    seconds = {}
+    for name, read in readers.items():
+        times = []
+        for _ in range(tries):
+            started = time.perf_counter()
+            for _chunk in read():
+                pass
+            times.append(time.perf_counter() - started)
+        seconds[name] = statistics.median(times)
+    return {"bytes": member.size, "compressed_bytes": member.compressed_size, "seconds": seconds}
 
 
 def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
@@ -1829,6 +1869,8 @@ def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
                 "wall_s": run["wall_s"],
                 "peak_mib": run["peak_rss_mib"] - run["rss_before_mib"],
                 "rows_processed": run["record"]["rows_processed"],
+                "bytes_inflated": run["record"]["bytes_inflated"],
+                "read_mode": run["record"]["read_mode"],
                 "notes": [run["record"]["note"]] if run["record"]["note"] else [],
             }
         with contextlib.closing(connect(dbs["incremental"])) as con:
@@ -1856,6 +1898,8 @@ def sweep_points(sweep: list[dict[str, Any]], figures: dict[str, Any], day: int)
             "wall_s": fig["warmup_wall_s"],
             "peak_mib": fig["peak_mib"],
             "rows_processed": fig["rows_processed"],
+            "bytes_inflated": fig["bytes_inflated"],
+            "read_mode": fig["read_modes"][0],
         }
     return [
         {
@@ -2002,8 +2046,53 @@ def render_correctness(results: dict[str, Any]) -> list[str]:
         f" {c['rows_rejected_new']:,} of them among its new rows.",
         "- Restatements detected (client rebuilt from the full archive): "
         + ("; ".join(c["restatements"]) if c["restatements"] else "none."),
+        "- Fallbacks from an access point to a whole read (every replay, sweep and"
+        " measured run): " + ("; ".join(c["fallbacks"]) if c.get("fallbacks") else "none."),
     ]
     return lines
+
+
+def render_reads(results: dict[str, Any]) -> list[str]:
+    """How the incremental runs read the archive, and what each inflater costs."""
+    inc, cond = results["incremental"], results["conditions"]
+    modes = inc["read_modes"]
+    resumed = sum(m.startswith("resumed") for m in modes)
+    out = [
+        f"The incremental run resumed inside the archive in {resumed} of its {len(modes)} runs"
+        f" (warm-up included): it read the access point saved by day {cond['day'] - 1}'s run,"
+        f" hashed the compressed history before it to prove it unchanged"
+        f" ({fmt_s(inc['stages_s'].get('verify', 0.0))} s of its read stage), then inflated"
+        f" only {inc['bytes_inflated'] / 2**20:,.1f} of the archive's"
+        f" {inc['archive_bytes'] / 2**20:,.1f} MiB, and parsed, transformed and wrote only the"
+        " new rows and the days they touch.",
+    ]
+    others = sorted({m for m in modes if not m.startswith("resumed")})
+    if others:
+        out[0] += " Other runs: " + "; ".join(others) + "."
+    inflaters = results.get("inflaters")
+    if inflaters:
+        mib = inflaters["bytes"] / 2**20
+        out += [
+            "",
+            f"Inflaters, on the whole day-{cond['day']} member ({mib:,.1f} MiB of CSV, median"
+            " of 3, outside the pipelines' timings):",
+            "",
+            "| inflater | used for | seconds | MiB/s |",
+            "| --- | --- | ---: | ---: |",
+        ]
+        used = {
+            "ISA-L (isal)": "every whole read of the baseline",
+            "zlib (zlib-state)": "the incremental run's reads (it needs block boundaries)",
+        }
+        for name, sec in inflaters["seconds"].items():
+            out.append(f"| {name} | {used.get(name, '')} | {fmt_s(sec)} | {mib / sec:,.0f} |")
+        out += [
+            "",
+            "The baseline gets the fastest inflater measured here. The incremental run"
+            " inflates with zlib, the only one that reports deflate block boundaries and can"
+            " be primed at one, so the slower inflater counts against it, on its small tail.",
+        ]
+    return out
 
 
 def render_sweep(results: dict[str, Any]) -> list[str]:
@@ -2014,16 +2103,17 @@ def render_sweep(results: dict[str, Any]) -> list[str]:
         "## How cost grows",
         "",
         "Each day's step from the day before, for every day: the baseline's cost follows"
-        " the rows in the archive, the incremental one's the new rows (plus the inflate of"
-        " the archive, which still grows with it). Every day is one run per pipeline, time"
+        " the rows in the archive, the incremental one's the new rows (it inflates only the"
+        " tail past its access point; hashing the compressed history, timed above, is all"
+        " that still grows with the archive). Every day is one run per pipeline, time"
         " and memory sampled in the same run (for day N, the warm-up run of the main"
         " measurement), so these single figures are noisier than the medians above.",
         "",
         f"![time and peak memory against rows in the archive]({results['chart']})",
         "",
         "| day | rows in archive | new rows | baseline s | incremental s | speed-up |"
-        " baseline MiB | incremental MiB | memory ratio |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " baseline MiB | incremental MiB | memory ratio | incremental inflated MiB |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p in results["sweep"]:
         base, inc = p["baseline"], p["incremental"]
@@ -2031,6 +2121,7 @@ def render_sweep(results: dict[str, Any]) -> list[str]:
             f"| {p['day']} | {p['rows_total']:,} | {p['rows_new']:,} | {fmt_s(base['wall_s'])} | "
             f"{fmt_s(inc['wall_s'])} | {p['speedup']:.1f}x | {base['peak_mib']:,.1f} | "
             f"{inc['peak_mib']:,.1f} | {p['memory_ratio']:.1f}x |"
+            f" {inc.get('bytes_inflated', 0) / 2**20:,.1f} |"
         )
     return [*out, ""]
 
@@ -2068,8 +2159,9 @@ def render_report(results: dict[str, Any]) -> str:
         "## Time and memory",
         "",
         "| pipeline | wall s, median | min | max | every run (s) | peak memory MiB |"
-        " process RSS before -> peak MiB | kernel high-water check MiB |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+        " process RSS before -> peak MiB | kernel high-water check MiB |"
+        " of the peak: library code paged in MiB |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, fig in (("baseline (full refresh)", base), ("incremental", inc)):
         w = fig["wall_s"]
@@ -2077,7 +2169,7 @@ def render_report(results: dict[str, Any]) -> str:
             f"| {name} | {fmt_s(w['median'])} | {fmt_s(w['min'])} | {fmt_s(w['max'])} | "
             f"{', '.join(fmt_s(r) for r in w['runs'])} | {fig['peak_mib']:,.1f} | "
             f"{fig['rss_before_mib']:,.0f} -> {fig['peak_rss_mib']:,.0f} | "
-            f"{fig['hwm_delta_mib']['median']:,.1f} |"
+            f"{fig['hwm_delta_mib']['median']:,.1f} | {fig['file_rss_delta_mib']:,.1f} |"
         )
     out += [
         "",
@@ -2085,7 +2177,12 @@ def render_report(results: dict[str, Any]) -> str:
         " resident size just before it, sampled every 5 ms by memory_profiler in a fresh"
         " process. The check column is the kernel's own high-water mark (VmHWM) of each run's"
         " process minus the same starting size, median over all runs: it cannot miss a"
-        " short peak, so agreement with the sampled figure says the sampling did not either.",
+        " short peak, so agreement with the sampled figure says the sampling did not either."
+        " The last column is the part of the peak that is file-backed (RssFile after the call"
+        " minus before): pages of Polars', pandas' and SQLite's shared libraries that the"
+        " call touched for the first time in its process. Both pipelines pay it once; it is"
+        " clean, shared memory, counted here because the contract's measure is the resident"
+        " size.",
         "",
         "## Where the time goes (medians, seconds)",
         "",
@@ -2100,13 +2197,8 @@ def render_report(results: dict[str, Any]) -> str:
             f"{fmt_s(st['write'])} | {fig['rows_processed']:,} | {fig['rows_written']:,} | "
             f"{fig['bytes_inflated'] / 2**20:,.1f} / {fig['archive_bytes'] / 2**20:,.1f} MiB |"
         )
+    out += ["", *render_reads(results), "", *render_sweep(results)]
     out += [
-        "",
-        "The incremental run still inflates the whole archive (deflate must be decoded from"
-        " its start) but hashes the processed prefix instead of parsing it, and parses,"
-        " transforms and writes only the new rows and the days they touch.",
-        "",
-        *render_sweep(results),
         "## Data quality counters",
         "",
         "| counter | baseline (whole archive) | incremental (new rows) |",
@@ -2173,10 +2265,15 @@ def render_report(results: dict[str, Any]) -> str:
         " columns from integer-cent sums.",
         "- Baseline: inflate the whole day-N archive, process every row, replace the"
         " client's rows of `processed_sales_full_refresh` in one transaction.",
-        "- Incremental: inflate the archive, hash the bytes already processed (SHA-256,"
-        " compared with the checkpoint) without parsing them, process only the rest, then"
-        " in one transaction delete and re-insert the days the new rows touch (additive"
-        " columns summed, derived ones recomputed) and advance the checkpoint.",
+        "- Incremental: resume inflating at a deflate block boundary saved by the day"
+        " before (zlib's zran method: compressed offset and bit, the 32 KiB window),"
+        " once the compressed bytes before it hash as they did (SHA-256) and the text from"
+        " it to yesterday's end hashes as processed; process only the rows past the"
+        " checkpoint, then in one transaction delete and re-insert the days they touch"
+        " (additive columns summed, derived ones recomputed), advance the checkpoint and"
+        " store the next access points. If no point fits, it inflates the whole archive"
+        " and checks the processed bytes against the checkpoint's fingerprint instead;"
+        " if those changed, it rebuilds the client. Both are reported above.",
         "- Before timing, the client's incremental state is brought to day N-1 by"
         " replaying the archives through the incremental path (or a verified stored state"
         " is reused). Every run, timed or not, starts from its own copy of that state and"
@@ -2266,6 +2363,7 @@ def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, 
         warmup = populate_historical_data(state, cfg.data_dir, cfg.client, cfg.day, say)
         say(f"timing {cfg.repeat} repeat(s) of each pipeline, each in a fresh process")
         figures, final = measure(cfg, state, scratch)
+        inflaters = measure_inflaters(cfg)
         sweep = []
         if cfg.sweep and cfg.day > 2:
             say(f"sweep: both pipelines on days 2..{cfg.day - 1}, one sampled run each")
@@ -2284,6 +2382,15 @@ def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, 
             ensure_schema(con, say)
             copy_client_rows(final, con, cfg.client, TABLES)
     base, inc = figures["baseline"], figures["incremental"]
+    notes = list(  # each once, whichever run met it
+        dict.fromkeys(
+            [
+                *warmup["notes"],
+                *[n for p in sweep for n in p["incremental"]["notes"]],
+                *inc["notes"],
+            ]
+        )
+    )
     ratios = {
         "speedup": base["wall_s"]["median"] / inc["wall_s"]["median"],
         "memory_ratio": base["peak_mib"] / max(inc["peak_mib"], 0.1),
@@ -2315,16 +2422,11 @@ def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, 
             "parity_sweep_days": {str(p["day"]): p["parity_ok"] for p in sweep},
             "rows_rejected_archive": base["counters"]["rows_rejected"],
             "rows_rejected_new": inc["counters"]["rows_rejected"],
-            "restatements": list(  # each once, whichever replay met it
-                dict.fromkeys(
-                    [
-                        *warmup["notes"],
-                        *[n for p in sweep for n in p["incremental"]["notes"]],
-                        *inc["notes"],
-                    ]
-                )
-            ),
+            "restatements": [n for n in notes if "restatement" in n],
+            "fallbacks": [n for n in notes if "restatement" not in n],
+            "read_modes_day_n": inc["read_modes"],
         },
+        "inflaters": inflaters,
         "sweep": sweep_points(sweep, figures, cfg.day) if cfg.sweep else [],
         "chart": cfg.report.with_suffix(".png").name if cfg.sweep else None,
         "summary": summary,
@@ -2332,8 +2434,8 @@ def benchmark_locked(cfg: BenchConfig, say: Callable[[str], None]) -> dict[str, 
     }
 
 
-TARGET_SPEEDUP = 3.0  # issue 3's targets, reported, never asserted
-TARGET_MEMORY_RATIO = 5.0
+TARGET_SPEEDUP = 10.0  # issue 6's targets, reported, never asserted
+TARGET_MEMORY_RATIO = 10.0
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -713,13 +713,12 @@ def split_lines(body: bytes, first_line: int) -> pl.DataFrame:
         schema={"raw_line": pl.String},
         raise_if_empty=False,
     )
+    numbered = lines.lazy().with_row_index("line_number", offset=first_line)
+    numbered = numbered.with_columns(pl.col("line_number").cast(pl.Int64))
+    if b"\r" in body:  # CRLF line ends; without any, stripping would only copy every line
+        numbered = numbered.with_columns(pl.col("raw_line").str.strip_suffix("\r"))
     return (
-        lines.lazy()
-        .with_row_index("line_number", offset=first_line)
-        .with_columns(
-            pl.col("line_number").cast(pl.Int64), pl.col("raw_line").str.strip_suffix("\r")
-        )
-        .with_columns(
+        numbered.with_columns(
             n_fields=pl.col("raw_line").str.count_matches(",", literal=True) + 1,
             fields=pl.col("raw_line").str.split_exact(",", len(COLUMNS) - 1),
         )

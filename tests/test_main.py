@@ -221,6 +221,18 @@ def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monke
     assert main.read_checkpoint(con, "client_1").lines_processed == 602
 
 
+def test_crlf_line_ends_give_the_answer_of_lf_line_ends():
+    rows = [row(), row(zip_raw=""), row(maturity=""), "1,2025-10-02,SKU-2,3,4.00", row()]
+    lf = "".join(r + "\n" for r in rows).encode()
+    crlf = "".join(r + "\r\n" for r in rows).encode()
+    a, b = main.split_lines(lf, 2), main.split_lines(crlf, 2)
+    assert a.equals(b)  # no field keeps a "\r", not even the empty last ones
+    assert b["raw_line"].drop_nulls().to_list() == ["1,2025-10-02,SKU-2,3,4.00"]
+    art = main.process_transactions(b.lazy(), "c", LOOKUPS)
+    assert art.counters["zip_missing"] == 1 and art.counters["maturity_imputed"] == 1
+    assert art.rejected["line_number"].to_list() == [5]
+
+
 def test_zero_revenue_day_has_share_zero_not_nan():
     art = process("1,2025-10-05,SKU-1,1,0.00,2025-11-01,94107")
     table = main.finalize(art.aggregated)

@@ -1244,6 +1244,32 @@ def choose_access_point(
     return best, prefix, ""
 
 
+def verified_plan(cp: Checkpoint, point: AccessPoint | None, hashing: bool) -> ReadPlan:
+    """A read past the checkpoint that first proves the processed text unchanged.
+
+    From an access point: the text between it and the old end must hash as stored
+    with the point. From the start: the whole processed text must give the
+    checkpoint's fingerprint.
+    """
+    plan = ReadPlan(
+        skip=cp.bytes_processed,
+        check_ends=cp.ends,
+        check_digest=cp.prefix_sha256,
+        prior_ends=cp.ends,
+        prior_digest=cp.prefix_sha256,
+        hashing=hashing,
+    )
+    if point is None:
+        return plan
+    return replace(
+        plan,
+        base=point.offset,
+        check_ends=[cp.bytes_processed],
+        check_digest=point.tail_sha256,
+        ends_line=point.window.endswith(b"\n"),
+    )
+
+
 def finish_points(scan: ArchiveScan, prefix: CompressedPrefix) -> None:
     """Give the access points found by a read the hash of the compressed bits before them."""
     for point in scan.points:
@@ -1301,14 +1327,6 @@ def read_new_rows(
         return NewRows(artifacts, scan, mode, mode.startswith("rebuilt"), notes)
 
     if cp is not None:
-        whole = ReadPlan(
-            skip=cp.bytes_processed,
-            check_ends=cp.ends,
-            check_digest=cp.prefix_sha256,
-            prior_ends=cp.ends,
-            prior_digest=cp.prefix_sha256,
-            hashing=True,
-        )
         with timed(stages, "read"):
             started = time.perf_counter()
             point, prefix, why = choose_access_point(member, cp, read_access_points(con, client))
@@ -1317,13 +1335,7 @@ def read_new_rows(
         scan = ArchiveScan()
         try:
             if point is not None:
-                resume = replace(
-                    whole,
-                    base=point.offset,
-                    check_ends=[cp.bytes_processed],
-                    check_digest=point.tail_sha256,
-                    ends_line=point.window.endswith(b"\n"),
-                )
+                resume = verified_plan(cp, point, hashing=True)
                 try:
                     artifacts = attempt(resume, inflate_tracked(member, point, scan.points), scan)
                     return done(artifacts, scan, prefix, f"resumed at CSV byte {point.offset:,}")
@@ -1334,6 +1346,7 @@ def read_new_rows(
                     inflated += scan.inflated
                     scan = ArchiveScan()
             notes.append(f"{path}: read whole: {why}")
+            whole = verified_plan(cp, None, hashing=True)
             artifacts = attempt(whole, inflate_for_points(member, scan), scan)
             return done(artifacts, scan, CompressedPrefix(member), f"read whole: {why}")
         except Restated as exc:
@@ -1499,19 +1512,9 @@ def state_matches_archive(
     if member.size != cp.bytes_processed:
         return False
     point, _, _ = choose_access_point(member, cp, read_access_points(con, client))
-    plan = ReadPlan(skip=cp.bytes_processed, check_ends=cp.ends, check_digest=cp.prefix_sha256)
-    chunks = inflate_all(member)
-    if point is not None:
-        plan = replace(
-            plan,
-            base=point.offset,
-            check_ends=[cp.bytes_processed],
-            check_digest=point.tail_sha256,
-            ends_line=point.window.endswith(b"\n"),
-        )
-        chunks = inflate_tracked(member, point, [])
+    chunks = inflate_all(member) if point is None else inflate_tracked(member, point, [])
     try:
-        for _ in scan_lines(path, chunks, ArchiveScan(), plan):
+        for _ in scan_lines(path, chunks, ArchiveScan(), verified_plan(cp, point, hashing=False)):
             return False  # longer than what was processed
     except (Restated, CorruptArchive):
         return False

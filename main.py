@@ -22,8 +22,11 @@ import argparse
 import builtins
 import collections
 import contextlib
+import ctypes
+import ctypes.util
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -43,10 +46,9 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
-import zlib_state
 from isal import isal_zlib
 
 # --- Configuration ---------------------------------------------------------------------
@@ -82,7 +84,7 @@ LOCAL_STATE = "CA"
 MATURITY_DEFAULT_DAYS = 3  # imputed maturity_date = transaction_date + 3 days
 ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # ASCII digits: \d would take any script's
 READ_CHUNK_BYTES = 1 << 20  # compressed bytes read at once; text handed on at once
-FEED_BYTES = 32 << 10  # zlib-state's fixed input buffer: each feed must be exactly this
+POINT_TAIL_BYTES = 8 << 20  # access points are kept only this close to the stream's end
 ACCESS_POINTS_KEPT = 3  # block boundaries kept per client: appending a day rewrites the
 # last one or two blocks of the stream, so the latest boundary may not survive it
 BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at default scale
@@ -329,9 +331,17 @@ def inflate_all(member: Member) -> Iterator[bytes]:
     size = crc = 0
     try:
         for piece in compressed_pieces(member):
+            # Bounded output per call: a megabyte of zeros may inflate to a gigabyte.
+            while piece and not inflater.eof:
+                out = inflater.decompress(piece, INFLATE_OUT_BYTES * 16)
+                piece = inflater.unconsumed_tail
+                size += len(out)
+                crc = isal_zlib.crc32(out, crc)
+                yield out
             if inflater.eof:
                 break  # bytes after the end of the stream: ignored, as zipfile does
-            out = inflater.decompress(piece)
+        if not inflater.eof:  # the input is all in: take what the inflater still owes
+            out = inflater.flush()
             size += len(out)
             crc = isal_zlib.crc32(out, crc)
             yield out
@@ -401,93 +411,200 @@ class CompressedPrefix:
         return state.hexdigest()
 
 
+class ZStream(ctypes.Structure):
+    """zlib's z_stream exactly as zlib.h declares it: a public, stable structure.
+
+    inflateInit2_ is given sizeof(ZStream) and refuses a layout of another size.
+    """
+
+    _fields_: ClassVar = [
+        ("next_in", ctypes.c_void_p),
+        ("avail_in", ctypes.c_uint),
+        ("total_in", ctypes.c_ulong),
+        ("next_out", ctypes.c_void_p),
+        ("avail_out", ctypes.c_uint),
+        ("total_out", ctypes.c_ulong),
+        ("msg", ctypes.c_char_p),
+        ("state", ctypes.c_void_p),
+        ("zalloc", ctypes.c_void_p),
+        ("zfree", ctypes.c_void_p),
+        ("opaque", ctypes.c_void_p),
+        ("data_type", ctypes.c_int),
+        ("adler", ctypes.c_ulong),
+        ("reserved", ctypes.c_ulong),
+    ]
+
+
+Z_OK, Z_STREAM_END, Z_BUF_ERROR, Z_BLOCK = 0, 1, -5, 5
+INFLATE_OUT_BYTES = 256 << 10  # text inflated per call at most
+WINDOW_BYTES = 32 << 10  # deflate back-references reach 32 KiB back
+
+
+@functools.cache
+def libz() -> ctypes.CDLL:
+    """The system zlib (the one Python's own zlib module is built on), with signatures."""
+    lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
+    stream = ctypes.POINTER(ZStream)
+    lib.zlibVersion.restype = ctypes.c_char_p
+    lib.inflateInit2_.argtypes = [stream, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.inflate.argtypes = [stream, ctypes.c_int]
+    lib.inflatePrime.argtypes = [stream, ctypes.c_int, ctypes.c_int]
+    lib.inflateSetDictionary.argtypes = [stream, ctypes.c_char_p, ctypes.c_uint]
+    lib.inflateEnd.argtypes = [stream]
+    return lib
+
+
+class BlockInflater:
+    """Raw inflate with zlib's own API, the zran way (zlib's examples/zran.c).
+
+    inflate(Z_BLOCK) returns at every deflate block boundary and data_type says where
+    it stands; inflatePrime and inflateSetDictionary restart at such a boundary.
+    Neither ISA-L's nor Python's zlib bindings offer these, hence ctypes.
+    """
+
+    def __init__(self) -> None:
+        self.lib = libz()
+        self.strm = ZStream()
+        self.ref = ctypes.byref(self.strm)
+        version = self.lib.zlibVersion()
+        if self.lib.inflateInit2_(self.ref, -15, version, ctypes.sizeof(ZStream)) != Z_OK:
+            raise RuntimeError(f"zlib {version!r}: inflateInit2 failed")
+        self.out = ctypes.create_string_buffer(INFLATE_OUT_BYTES)
+        self.fed = b""  # zlib reads from this object's buffer: keep it alive
+
+    def prime(self, bits: int, last_byte: int, window: bytes) -> None:
+        """Start at a boundary: the next block's first bits, then the window before it."""
+        if bits and self.lib.inflatePrime(self.ref, bits, last_byte >> (8 - bits)) != Z_OK:
+            raise RuntimeError("zlib inflatePrime failed")
+        if window and self.lib.inflateSetDictionary(self.ref, window, len(window)) != Z_OK:
+            raise RuntimeError("zlib inflateSetDictionary failed")
+
+    def feed(self, data: bytes) -> None:
+        """Give zlib the next compressed bytes (at most READ_CHUNK_BYTES: 32-bit safe)."""
+        self.fed = data
+        self.strm.next_in = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
+        self.strm.avail_in = len(data)
+
+    def inflate(self) -> tuple[int, bytes]:
+        """One inflate(Z_BLOCK) call: zlib's return code and the text it produced."""
+        self.strm.next_out = ctypes.addressof(self.out)
+        self.strm.avail_out = INFLATE_OUT_BYTES
+        code = self.lib.inflate(self.ref, Z_BLOCK)
+        produced = INFLATE_OUT_BYTES - self.strm.avail_out
+        return code, ctypes.string_at(self.out, produced)
+
+    def close(self) -> None:
+        self.lib.inflateEnd(self.ref)
+
+
 def inflate_tracked(
     member: Member, start: AccessPoint | None, found: list[AccessPoint]
 ) -> Iterator[bytes]:
-    """Inflate with zlib (zlib-state) from the start or from an access point.
+    """Inflate with zlib from the start or from an access point, noting block boundaries.
 
     Yields the CSV from `start.offset` (or 0) in pieces of about READ_CHUNK_BYTES and
     fills `found` with the last ACCESS_POINTS_KEPT block boundaries (counting `start`),
-    for the next run.
-    zlib-state, not ISA-L: only zlib reports block boundaries and can be primed there.
-    Its input buffer is 32 KiB, so streams past 4 GiB never meet zlib's 32-bit counters.
+    for the next run. Offsets are Python integers and zlib is fed at most a read at a
+    time, so members past 4 GiB never meet zlib's 32-bit avail_in and avail_out.
     """
     if member.method != zipfile.ZIP_DEFLATED:
         raise CorruptArchive(f"{member.path}: not deflate-compressed, no access points")
-    decomp = zlib_state.Decompressor(-15)
-    pos, offset, crc = 0, 0, 0
+    inflater = BlockInflater()
+    pos, offset, crc, window = 0, 0, 0, bytearray()
+    # The start is a boundary too, and the only one when a day adds less than a block:
+    # kept as a candidate, tomorrow can resume here again.
+    recent: collections.deque[AccessPoint] = collections.deque()
     if start is not None:
         last_byte = 0
         if start.bits:
             with member.path.open("rb") as f:
                 f.seek(member.data_start + start.compressed_offset - 1)
                 last_byte = f.read(1)[0]
-        decomp.set_state(start.window, start.bits, last_byte)
+        inflater.prime(start.bits, last_byte, start.window)
         pos, offset, crc = start.compressed_offset, start.offset, start.crc32
-    base_in = pos
-    # One more than kept: the last boundary zlib flags is the end of the stream.
-    recent: collections.deque[AccessPoint] = collections.deque(maxlen=ACCESS_POINTS_KEPT + 1)
-    if start is not None:
-        # The start is a boundary too, and the only one when a day adds less than a
-        # block: keeping it means tomorrow can resume here again.
+        window += start.window
         recent.append(replace(start))
-    history: collections.deque[tuple[int, bytes]] = collections.deque()  # text since recent[0]
+    base_in = pos
+    history: collections.deque[bytes] = collections.deque()  # the text since recent[0]
+    history_bytes = 0
     out: list[bytes] = []
     out_len = 0
     pieces = compressed_pieces(member, pos)
-    piece = memoryview(b"")
-    exhausted = False  # every compressed byte has been fed
-    while not decomp.eof():
-        if decomp.needs_input() and not exhausted:
-            if not piece:
-                piece = memoryview(next(pieces, b""))
-            exhausted = not piece
-            decomp.feed_input(piece[:FEED_BYTES])
-            piece = piece[FEED_BYTES:]
-        try:
-            text = decomp.read()
-        except RuntimeError as exc:  # zlib-state's way of reporting a zlib error
-            # Out of input, zlib says Z_BUF_ERROR: the stream stops short of its end.
-            detail = "the deflate stream is truncated" if exhausted else f"cannot inflate ({exc})"
-            raise CorruptArchive(f"{member.path}: corrupt archive, {detail}") from None
-        if text:
-            history.append((offset, text))
-            out.append(text)
-            out_len += len(text)
-            offset += len(text)
-            crc = isal_zlib.crc32(text, crc)
-        if decomp.block_boundary() and not decomp.eof():
-            with contextlib.suppress(RuntimeError):  # no state right after a feed: skip it
-                window, bits, _ = decomp.get_state()
+    exhausted = False
+    try:
+        while True:
+            if inflater.strm.avail_in == 0 and not exhausted:
+                piece = next(pieces, None)
+                exhausted = piece is None
+                inflater.feed(piece or b"")
+            code, text = inflater.inflate()
+            if code not in (Z_OK, Z_STREAM_END):
+                # Out of input and no progress (Z_BUF_ERROR): the stream stops short.
+                reason = (inflater.strm.msg or b"zlib error %d" % code).decode(errors="replace")
+                detail = (
+                    "the deflate stream is truncated"
+                    if code == Z_BUF_ERROR and exhausted
+                    else f"cannot inflate ({reason})"
+                )
+                raise CorruptArchive(f"{member.path}: corrupt archive, {detail}")
+            if text:
+                out.append(text)
+                out_len += len(text)
+                offset += len(text)
+                crc = isal_zlib.crc32(text, crc)
+                window += text
+                if len(window) > 2 * WINDOW_BYTES:
+                    del window[:-WINDOW_BYTES]
+                if recent:
+                    history.append(text)
+                    history_bytes += len(text)
+            if code == Z_STREAM_END:
+                break
+            state = inflater.strm.data_type
+            if state & 128 and not state & 64:  # a boundary, and not after the last block
+                if not recent:
+                    history.clear()
+                    history_bytes = 0
                 recent.append(
                     AccessPoint(
-                        base_in + decomp.total_in(),
-                        bits,
+                        base_in + inflater.strm.total_in,
+                        state & 7,
                         offset,
                         crc,
-                        window[max(len(window) - offset, 0) :],
+                        bytes(window[-WINDOW_BYTES:]),
                     )
                 )
-                while len(history) > 1 and history[1][0] <= recent[0].offset:
-                    history.popleft()
-        if out_len >= READ_CHUNK_BYTES:
-            yield b"".join(out)
-            out, out_len = [], 0
-    pieces.close()
-    if recent and recent[-1].compressed_offset == base_in + decomp.total_in():
-        # zlib flags the end of the final block as a boundary too: nothing follows
-        # it in this stream, and tomorrow's stream differs there. Not a point.
-        recent.pop()
+            # Keep the text behind the candidates short: the last few boundaries,
+            # within POINT_TAIL_BYTES of text (a stream of huge blocks keeps none).
+            while recent and (
+                len(recent) > ACCESS_POINTS_KEPT + 1 or history_bytes > POINT_TAIL_BYTES
+            ):
+                recent.popleft()
+                drop_to = recent[0].offset if recent else offset
+                while history and offset - history_bytes + len(history[0]) <= drop_to:
+                    history_bytes -= len(history.popleft())
+            if out_len >= READ_CHUNK_BYTES:
+                yield b"".join(out)
+                out, out_len = [], 0
+        end_in = base_in + inflater.strm.total_in
+    finally:
+        inflater.close()
+        pieces.close()
+    if recent and recent[-1].compressed_offset == end_in:
+        recent.pop()  # nothing follows it in this stream: not a point
     while len(recent) > ACCESS_POINTS_KEPT:
         recent.popleft()
     if out:
         yield b"".join(out)
     check_integrity(member, offset, crc)
+    text_start = offset - history_bytes
     for point in recent:
         tail = hashlib.sha256()
-        for at, text in history:
+        at = text_start
+        for text in history:
             if at + len(text) > point.offset:
                 tail.update(memoryview(text)[max(point.offset - at, 0) :])
+            at += len(text)
         point.tail_sha256 = tail.hexdigest()
     found[:] = recent
 
@@ -1277,7 +1394,7 @@ def finish_points(scan: ArchiveScan, prefix: CompressedPrefix) -> None:
 
 
 def inflate_for_points(member: Member, scan: ArchiveScan) -> Iterator[bytes]:
-    """A whole read on the incremental path: zlib-state when deflate, to find access points."""
+    """A whole read on the incremental path: zlib with boundaries when deflate, for the points."""
     if member.method == zipfile.ZIP_DEFLATED:
         return inflate_tracked(member, None, scan.points)
     return inflate_all(member)
@@ -1511,14 +1628,20 @@ def state_matches_archive(
     member = locate_member(path, cp.last_day)
     if member.size != cp.bytes_processed:
         return False
+
+    def matches(chunks: Iterator[bytes], point: AccessPoint | None) -> bool:
+        try:
+            for _ in scan_lines(path, chunks, ArchiveScan(), verified_plan(cp, point, False)):
+                return False  # longer than what was processed
+        except Restated:
+            return False
+        return True
+
     point, _, _ = choose_access_point(member, cp, read_access_points(con, client))
-    chunks = inflate_all(member) if point is None else inflate_tracked(member, point, [])
-    try:
-        for _ in scan_lines(path, chunks, ArchiveScan(), verified_plan(cp, point, hashing=False)):
-            return False  # longer than what was processed
-    except (Restated, CorruptArchive):
-        return False
-    return True
+    if point is not None:
+        with contextlib.suppress(CorruptArchive):  # then check the fingerprint instead
+            return matches(inflate_tracked(member, point, []), point)
+    return matches(inflate_all(member), None)
 
 
 def progress(days: range, label: str) -> Iterator[int]:
@@ -1829,11 +1952,12 @@ def measure_inflaters(cfg: BenchConfig, tries: int = 3) -> dict[str, Any]:
     weighs, for the reader of the report.
     """
     member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
+    if member.method != zipfile.ZIP_DEFLATED:
+        return {}  # zipfile reads other methods: no inflater to compare
     readers: dict[str, Callable[[], Iterator[bytes]]] = {
-        "ISA-L (isal)": lambda: inflate_all(member)
+        "ISA-L (isal)": lambda: inflate_all(member),
+        "zlib (Z_BLOCK, ctypes)": lambda: inflate_tracked(member, None, []),
     }
-    if member.method == zipfile.ZIP_DEFLATED:
-        readers["zlib (zlib-state)"] = lambda: inflate_tracked(member, None, [])
     seconds = {}
     for name, read in readers.items():
         times = []
@@ -2084,7 +2208,7 @@ def render_reads(results: dict[str, Any]) -> list[str]:
         ]
         used = {
             "ISA-L (isal)": "every whole read of the baseline",
-            "zlib (zlib-state)": "the incremental run's reads (it needs block boundaries)",
+            "zlib (Z_BLOCK, ctypes)": "the incremental run's reads (it needs block boundaries)",
         }
         for name, sec in inflaters["seconds"].items():
             out.append(f"| {name} | {used.get(name, '')} | {fmt_s(sec)} | {mib / sec:,.0f} |")

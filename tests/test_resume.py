@@ -110,6 +110,88 @@ def test_the_resumed_tail_equals_a_full_inflate_byte_for_byte(feed_name, request
     assert_table_matches(state(con), table)
 
 
+def stream_feed(data_dir: Path, source: Path, cuts: list[int], mem_level: int, sync: bool) -> Path:
+    """Cumulative archives from one running compressor, as the generator writes them.
+
+    Day k holds the source's day-4 CSV up to cuts[k-1]: the stream so far, plus a
+    flushed copy of the compressor. memLevel 1 makes blocks of a few KiB of text (so
+    access points fall within 32 KiB of each other); `sync` ends every day with a
+    sync flush (a block boundary exactly at the day's end).
+    """
+    main.shutil.copytree(source / "static", data_dir / "static")
+    (data_dir / "client_1").mkdir()
+    csv = read_csv_bytes(archive(source, 4))
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15, mem_level)
+    stream, done = b"", 0
+    for day, cut in enumerate(cuts, start=1):
+        stream += compressor.compress(csv[done:cut])
+        if sync:
+            stream += compressor.flush(zlib.Z_SYNC_FLUSH)
+        done = cut
+        write_deflated(archive(data_dir, day), csv[:cut], stream + compressor.copy().flush())
+    return data_dir
+
+
+def replay_and_check_every_day(feed: Path, days: int, db: Path) -> None:
+    """Apply every day: each resumes, each stored point inflates to zipfile's tail, and
+    the last day ends equal to the oracle, rejected rows and lines counted included."""
+    con = fresh_db(db)
+    main.incremental_step(con, feed, "client_1", 1)
+    for day in range(2, days + 1):
+        record = main.incremental_step(con, feed, "client_1", day)
+        assert record.read_mode.startswith("resumed"), (day, record.read_mode, record.note)
+        member = main.locate_member(archive(feed, day), day)
+        full = read_csv_bytes(archive(feed, day))
+        for point in main.read_access_points(con, "client_1"):
+            assert resumed_text(member, point)[0] == full[point.offset :]
+    table, _, rejected = oracle_for(feed, "client_1", days)
+    assert_table_matches(state(con), table)
+    stored = con.execute("SELECT line_number FROM rejected_rows ORDER BY 1").fetchall()
+    assert [n for (n,) in stored] == [n for n, _ in rejected]
+    cp = main.read_checkpoint(con, "client_1")
+    assert cp.lines_processed == full.count(b"\n") + (not full.endswith(b"\n"))
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["flushed-copy", "sync-flush"])
+def test_small_blocks_resume_with_windows_that_span_the_point(sync, four_days, tmp_path):
+    # Blocks of a few KiB: the 32 KiB window of a point found after a resume reaches
+    # back past the point resumed from, into text this run never inflated.
+    csv = read_csv_bytes(archive(four_days, 4))
+    ends = [len(read_csv_bytes(archive(four_days, d))) for d in (1, 2, 3, 4)]
+    # Many tiny days, each ending at a line's end.
+    cuts = sorted({*ends, *(csv.index(b"\n", c) + 1 for c in range(ends[0], ends[-1], 9_000))})
+    feed = stream_feed(tmp_path / "data", four_days, cuts, mem_level=1, sync=sync)
+    assert len(csv) == cuts[-1]
+    replay_and_check_every_day(feed, len(cuts), tmp_path / "db.sqlite")
+
+
+def test_a_point_at_the_old_end_of_an_unterminated_file(four_days, tmp_path):
+    # Day 1 stops before its last newline; a sync flush puts a boundary right there.
+    # Day 2's text starts with the newline that completes the line processed whole.
+    end = len(read_csv_bytes(archive(four_days, 1)))
+    later = read_csv_bytes(archive(four_days, 4)).index(b"\n", end + 5_000) + 1
+    feed = stream_feed(tmp_path / "data", four_days, [end - 1, later], 6, sync=True)
+    con = fresh_db(tmp_path / "db.sqlite")
+    main.incremental_step(con, feed, "client_1", 1)
+    assert any(p.offset == end - 1 for p in main.read_access_points(con, "client_1"))
+    replay_and_check_every_day(feed, 2, tmp_path / "again.sqlite")
+
+
+@pytest.mark.parametrize("limit", [1_000, 150_000])
+def test_points_stay_near_the_end_of_the_stream(limit, four_days, monkeypatch):
+    # The read keeps the text behind its candidate points (to hash their tails), so
+    # only boundaries within POINT_TAIL_BYTES of the end qualify: a stream of huge
+    # blocks keeps no point rather than its whole text in memory.
+    monkeypatch.setattr(main, "POINT_TAIL_BYTES", limit)
+    member = main.locate_member(archive(four_days, 4), 4)
+    found: list[main.AccessPoint] = []
+    text = b"".join(main.inflate_tracked(member, None, found))
+    assert all(p.offset >= len(text) - limit - main.INFLATE_OUT_BYTES for p in found)
+    assert bool(found) == (limit > 100_000)  # this feed's blocks hold about 100 KB of text
+    for point in found:
+        assert resumed_text(member, point)[0] == text[point.offset :]
+
+
 def test_the_fingerprint_stays_a_chain_of_what_each_day_added(drip_feed, tmp_path):
     con = fresh_db(tmp_path / "db.sqlite")
     digest, ends = b"", []

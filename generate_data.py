@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import multiprocessing
 import os
 import queue
@@ -114,6 +115,7 @@ class FeedError(Exception):
 # --- Static lookups ----------------------------------------------------------------------
 
 
+@functools.cache  # the same table every time; 1.5 s to build (matters to the tests)
 def us_zip_table() -> pl.DataFrame:
     """Real US ZIP codes from the `zipcodes` package, plus the 00000 row for non-US values."""
     import zipcodes  # imported here: only the parent process needs it

@@ -310,7 +310,8 @@ def check_integrity(member: Member, size: int, crc: int) -> None:
     """What zipfile checks at the end of a member: its size and CRC-32."""
     if size != member.size:
         raise CorruptArchive(
-            f"{member.path}: inflated {size:,} bytes, the zip directory says {member.size:,}"
+            f"{member.path}: corrupt archive, inflated {size:,} bytes where the zip directory"
+            f" says {member.size:,}"
         )
     if crc != member.crc:
         raise CorruptArchive(f"{member.path}: CRC-32 mismatch, the archive is corrupt")

@@ -407,6 +407,7 @@ def benchmark_run(tiny_feed, tmp_path_factory):
     return out, args, printed.getvalue()
 
 
+@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_json_carries_the_contract_keys_and_every_try(benchmark_run):
     out, _, printed = benchmark_run
     results = json.loads((out / "r.json").read_text())
@@ -437,6 +438,7 @@ def test_summary_statistics_on_known_lists():
     assert main.summarize([0.5]) == {"median": 0.5, "min": 0.5, "max": 0.5, "runs": [0.5]}
 
 
+@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
     out, _, _ = benchmark_run
     results = json.loads((out / "r.json").read_text())
@@ -446,6 +448,7 @@ def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
     assert main.render_report(results) == (out / "results.md").read_text()
 
 
+@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_a_failed_sweep_day_fails_the_run_and_the_report_says_where(benchmark_run):
     good = {"ok": True, "rows": 10}
     bad = {"ok": False, "error": "values differ", "diff": {"sample": []}}
@@ -459,6 +462,7 @@ def test_a_failed_sweep_day_fails_the_run_and_the_report_says_where(benchmark_ru
     assert "FAILED on days ['2']" in main.render_report(results)
 
 
+@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_chart_is_a_png_with_the_sweep_numbers_under_it(benchmark_run):
     out, _, _ = benchmark_run
     png = (out / "results.png").read_bytes()
@@ -472,6 +476,7 @@ def test_chart_is_a_png_with_the_sweep_numbers_under_it(benchmark_run):
     assert "| 2 | 3,300 | 300 |" in report
 
 
+@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_database_holds_day_n_and_report_is_ascii(benchmark_run, tiny_feed):
     out, _, _ = benchmark_run
     con = sqlite3.connect(out / "db.sqlite")
@@ -484,6 +489,7 @@ def test_database_holds_day_n_and_report_is_ascii(benchmark_run, tiny_feed):
     assert list(out.glob(".bench-*")) == []  # scratch copies are gone
 
 
+@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_earlier_day_under_memory_profiler_replays_and_prints_one_table_each(benchmark_run):
     # Running again for an earlier day just works; under `python -m memory_profiler`
     # each pipeline function shows one line table, of the measured call only.

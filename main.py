@@ -436,7 +436,7 @@ class ZStream(ctypes.Structure):
     ]
 
 
-Z_OK, Z_STREAM_END, Z_BUF_ERROR, Z_BLOCK = 0, 1, -5, 5
+Z_OK, Z_STREAM_END, Z_MEM_ERROR, Z_BUF_ERROR, Z_BLOCK = 0, 1, -4, -5, 5
 INFLATE_OUT_BYTES = 256 << 10  # text inflated per call at most
 WINDOW_BYTES = 32 << 10  # deflate back-references reach 32 KiB back
 
@@ -510,18 +510,17 @@ def inflate_tracked(
     """
     if member.method != zipfile.ZIP_DEFLATED:
         raise CorruptArchive(f"{member.path}: not deflate-compressed, no access points")
-    inflater = BlockInflater()
     pos, offset, crc, window = 0, 0, 0, bytearray()
     # The start is a boundary too, and the only one when a day adds less than a block:
     # kept as a candidate, tomorrow can resume here again.
     recent: collections.deque[AccessPoint] = collections.deque()
+    last_byte = 0
     if start is not None:
-        last_byte = 0
+        if not 0 <= start.bits <= 7 or start.compressed_offset < 1:
+            raise CorruptArchive(f"{member.path}: access point out of range, cannot resume")
         if start.bits:
-            with member.path.open("rb") as f:
-                f.seek(member.data_start + start.compressed_offset - 1)
-                last_byte = f.read(1)[0]
-        inflater.prime(start.bits, last_byte, start.window)
+            piece = next(compressed_pieces(member, start.compressed_offset - 1), b"")
+            last_byte = piece[0] if piece else 0
         pos, offset, crc = start.compressed_offset, start.offset, start.crc32
         window += start.window
         recent.append(replace(start))
@@ -532,13 +531,18 @@ def inflate_tracked(
     out_len = 0
     pieces = compressed_pieces(member, pos)
     exhausted = False
+    inflater = BlockInflater()
     try:
+        if start is not None:
+            inflater.prime(start.bits, last_byte, start.window)
         while True:
             if inflater.strm.avail_in == 0 and not exhausted:
                 piece = next(pieces, None)
                 exhausted = piece is None
                 inflater.feed(piece or b"")
             code, text = inflater.inflate()
+            if code == Z_MEM_ERROR:
+                raise MemoryError("zlib could not allocate its inflate state")
             if code not in (Z_OK, Z_STREAM_END):
                 # Out of input and no progress (Z_BUF_ERROR): the stream stops short.
                 reason = (inflater.strm.msg or b"zlib error %d" % code).decode(errors="replace")
@@ -562,7 +566,10 @@ def inflate_tracked(
             if code == Z_STREAM_END:
                 break
             state = inflater.strm.data_type
-            if state & 128 and not state & 64:  # a boundary, and not after the last block
+            # A boundary, not inside the last block, and not at the same text offset as
+            # the previous one (a sync flush's empty block): it would only crowd it out.
+            fresh = not recent or recent[-1].offset != offset
+            if state & 128 and not state & 64 and fresh:
                 if not recent:
                     history.clear()
                     history_bytes = 0
@@ -577,9 +584,7 @@ def inflate_tracked(
                 )
             # Keep the text behind the candidates short: the last few boundaries,
             # within POINT_TAIL_BYTES of text (a stream of huge blocks keeps none).
-            while recent and (
-                len(recent) > ACCESS_POINTS_KEPT + 1 or history_bytes > POINT_TAIL_BYTES
-            ):
+            while recent and (len(recent) > ACCESS_POINTS_KEPT or history_bytes > POINT_TAIL_BYTES):
                 recent.popleft()
                 drop_to = recent[0].offset if recent else offset
                 while history and offset - history_bytes + len(history[0]) <= drop_to:
@@ -587,12 +592,9 @@ def inflate_tracked(
             if out_len >= READ_CHUNK_BYTES:
                 yield b"".join(out)
                 out, out_len = [], 0
-        end_in = base_in + inflater.strm.total_in
     finally:
         inflater.close()
         pieces.close()
-    if recent and recent[-1].compressed_offset == end_in:
-        recent.pop()  # nothing follows it in this stream: not a point
     while len(recent) > ACCESS_POINTS_KEPT:
         recent.popleft()
     if out:

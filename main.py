@@ -444,7 +444,10 @@ WINDOW_BYTES = 32 << 10  # deflate back-references reach 32 KiB back
 @functools.cache
 def libz() -> ctypes.CDLL:
     """The system zlib (the one Python's own zlib module is built on), with signatures."""
-    lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")
+    try:
+        lib = ctypes.CDLL("libz.so.1")  # Linux's name; no lookup needed
+    except OSError:
+        lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz")
     stream = ctypes.POINTER(ZStream)
     lib.zlibVersion.restype = ctypes.c_char_p
     lib.inflateInit2_.argtypes = [stream, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]

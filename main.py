@@ -290,16 +290,20 @@ def check_header(path: Path, first_chunk: bytes) -> int:
     return end + 1
 
 
-def compressed_pieces(member: Member, start: int = 0) -> Iterator[bytes]:
-    """The member's compressed bytes from `start`, in READ_CHUNK_BYTES pieces."""
+def compressed_pieces(member: Member, start: int = 0, limit: int | None = None) -> Iterator[bytes]:
+    """The member's compressed bytes from `start` (`limit` of them), in READ_CHUNK_BYTES pieces."""
     try:
         with member.path.open("rb") as f:
             f.seek(member.data_start + start)
             left = member.compressed_size - start
+            if limit is not None:
+                left = min(left, limit)
             while left > 0:
                 piece = f.read(min(READ_CHUNK_BYTES, left))
                 if not piece:
-                    raise CorruptArchive(f"{member.path}: truncated ({left:,} bytes missing)")
+                    raise CorruptArchive(
+                        f"{member.path}: corrupt archive, truncated ({left:,} bytes missing)"
+                    )
                 left -= len(piece)
                 yield piece
     except OSError as exc:
@@ -382,7 +386,14 @@ class CompressedPrefix:
         self.member = member
         self.states: list[tuple[int, Any]] = [(0, hashlib.sha256())]
 
-    def _advance(self, end: int) -> Any:
+    def state_at(self, end: int) -> Any:
+        """A copy of the hash state over the compressed bytes before `end`."""
+        state, complete = self._advance(end)
+        if not complete:
+            raise CorruptArchive(f"{self.member.path}: truncated before byte {end:,}")
+        return state.copy()
+
+    def _advance(self, end: int) -> tuple[Any, bool]:
         pos, state = max((s for s in self.states if s[0] <= end), key=lambda s: s[0])
         state = state.copy()
         try:
@@ -406,10 +417,13 @@ class CompressedPrefix:
             return None
         state = state.copy()
         if bits:  # only the low 8 - bits bits of the last byte precede the boundary
-            with self.member.path.open("rb") as f:
-                f.seek(self.member.data_start + whole)
-                state.update(bytes([f.read(1)[0] & (0xFF >> bits)]))
+            state.update(bytes([member_byte(self.member, whole) & (0xFF >> bits)]))
         return state.hexdigest()
+
+
+def member_byte(member: Member, offset: int) -> int:
+    """One byte of the member's compressed data."""
+    return next(compressed_pieces(member, offset, 1), b"\0")[0]
 
 
 class ZStream(ctypes.Structure):
@@ -502,14 +516,19 @@ class BlockInflater:
 
 
 def inflate_tracked(
-    member: Member, start: AccessPoint | None, found: list[AccessPoint]
+    member: Member,
+    start: AccessPoint | None,
+    found: list[AccessPoint],
+    prefix: CompressedPrefix | None = None,
 ) -> Iterator[bytes]:
     """Inflate with zlib from the start or from an access point, noting block boundaries.
 
     Yields the CSV from `start.offset` (or 0) in pieces of about READ_CHUNK_BYTES and
     fills `found` with the last ACCESS_POINTS_KEPT block boundaries (counting `start`),
-    for the next run. Offsets are Python integers and zlib is fed at most a read at a
-    time, so members past 4 GiB never meet zlib's 32-bit avail_in and avail_out.
+    complete with their hashes, for the next run. The compressed bytes are hashed as
+    they are fed (`prefix`, if given, already holds the hash up to the start), so no
+    byte is read twice. Offsets are Python integers and zlib is fed at most a read at
+    a time, so members past 4 GiB never meet zlib's 32-bit avail_in and avail_out.
     """
     if member.method != zipfile.ZIP_DEFLATED:
         raise CorruptArchive(f"{member.path}: not deflate-compressed, no access points")
@@ -522,8 +541,7 @@ def inflate_tracked(
         if not 0 <= start.bits <= 7 or start.compressed_offset < 1:
             raise CorruptArchive(f"{member.path}: access point out of range, cannot resume")
         if start.bits:
-            piece = next(compressed_pieces(member, start.compressed_offset - 1), b"")
-            last_byte = piece[0] if piece else 0
+            last_byte = member_byte(member, start.compressed_offset - 1)
         pos, offset, crc = start.compressed_offset, start.offset, start.crc32
         window += start.window
         recent.append(replace(start))
@@ -533,6 +551,12 @@ def inflate_tracked(
     out: list[bytes] = []
     out_len = 0
     pieces = compressed_pieces(member, pos)
+    hasher = (prefix or CompressedPrefix(member)).state_at(pos)
+    # Where the bits before each candidate lie: (hash state before a fed piece, its
+    # offset, the piece) for the piece holding them and the one before it. The digest
+    # itself is taken at the end, for the few candidates kept.
+    fed: list[tuple[Any, int, bytes]] = []
+    anchors: dict[int, tuple[tuple[Any, int, bytes], ...]] = {}
     exhausted = False
     inflater = BlockInflater()
     try:
@@ -543,6 +567,10 @@ def inflate_tracked(
                 piece = next(pieces, None)
                 exhausted = piece is None
                 inflater.feed(piece or b"")
+                if piece:
+                    fed = [*fed[-1:], (hasher.copy(), pos, piece)]
+                    hasher.update(piece)
+                    pos += len(piece)
             code, text = inflater.inflate()
             if code == Z_MEM_ERROR:
                 raise MemoryError("zlib could not allocate its inflate state")
@@ -576,19 +604,19 @@ def inflate_tracked(
                 if not recent:
                     history.clear()
                     history_bytes = 0
-                recent.append(
-                    AccessPoint(
-                        base_in + inflater.strm.total_in,
-                        state & 7,
-                        offset,
-                        crc,
-                        bytes(window[-WINDOW_BYTES:]),
-                    )
+                point = AccessPoint(
+                    base_in + inflater.strm.total_in,
+                    state & 7,
+                    offset,
+                    crc,
+                    bytes(window[-WINDOW_BYTES:]),
                 )
+                recent.append(point)
+                anchors[point.compressed_offset] = tuple(fed)
             # Keep the text behind the candidates short: the last few boundaries,
             # within POINT_TAIL_BYTES of text (a stream of huge blocks keeps none).
             while recent and (len(recent) > ACCESS_POINTS_KEPT or history_bytes > POINT_TAIL_BYTES):
-                recent.popleft()
+                anchors.pop(recent.popleft().compressed_offset, None)
                 drop_to = recent[0].offset if recent else offset
                 while history and offset - history_bytes + len(history[0]) <= drop_to:
                     history_bytes -= len(history.popleft())
@@ -598,8 +626,6 @@ def inflate_tracked(
     finally:
         inflater.close()
         pieces.close()
-    while len(recent) > ACCESS_POINTS_KEPT:
-        recent.popleft()
     if out:
         yield b"".join(out)
     check_integrity(member, offset, crc)
@@ -612,7 +638,20 @@ def inflate_tracked(
                 tail.update(memoryview(text)[max(point.offset - at, 0) :])
             at += len(text)
         point.tail_sha256 = tail.hexdigest()
+        if point.compressed_offset in anchors:
+            point.compressed_sha256 = anchored_digest(point, anchors[point.compressed_offset])
     found[:] = recent
+
+
+def anchored_digest(point: AccessPoint, pieces: tuple[tuple[Any, int, bytes], ...]) -> str:
+    """CompressedPrefix.digest_at, from the hash state of a piece read on the way."""
+    whole = point.compressed_offset - 1 if point.bits else point.compressed_offset
+    state, at, piece = next(p for p in reversed(pieces) if p[1] <= whole)
+    state = state.copy()
+    state.update(piece[: whole - at])
+    if point.bits:  # only the low 8 - bits bits of the last byte precede the boundary
+        state.update(bytes([piece[whole - at] & (0xFF >> point.bits)]))
+    return state.hexdigest()
 
 
 @dataclass
@@ -1393,12 +1432,6 @@ def verified_plan(cp: Checkpoint, point: AccessPoint | None, hashing: bool) -> R
     )
 
 
-def finish_points(scan: ArchiveScan, prefix: CompressedPrefix) -> None:
-    """Give the access points found by a read the hash of the compressed bits before them."""
-    for point in scan.points:
-        point.compressed_sha256 = prefix.digest_at(point.compressed_offset, point.bits) or ""
-
-
 def inflate_for_points(member: Member, scan: ArchiveScan) -> Iterator[bytes]:
     """A whole read on the incremental path: zlib with boundaries when deflate, for the points."""
     if member.method == zipfile.ZIP_DEFLATED:
@@ -1441,11 +1474,7 @@ def read_new_rows(
             scan_lines(path, chunks, scan, plan), first_line, client, lookups, stages
         )
 
-    def done(
-        artifacts: PipelineArtifacts, scan: ArchiveScan, prefix: CompressedPrefix, mode: str
-    ) -> NewRows:
-        with timed(stages, "read"):
-            finish_points(scan, prefix)
+    def done(artifacts: PipelineArtifacts, scan: ArchiveScan, mode: str) -> NewRows:
         scan.inflated += inflated
         return NewRows(artifacts, scan, mode, mode.startswith("rebuilt"), notes)
 
@@ -1460,8 +1489,9 @@ def read_new_rows(
             if point is not None:
                 resume = verified_plan(cp, point, hashing=True)
                 try:
-                    artifacts = attempt(resume, inflate_tracked(member, point, scan.points), scan)
-                    return done(artifacts, scan, prefix, f"resumed at CSV byte {point.offset:,}")
+                    chunks = inflate_tracked(member, point, scan.points, prefix)
+                    artifacts = attempt(resume, chunks, scan)
+                    return done(artifacts, scan, f"resumed at CSV byte {point.offset:,}")
                 except CorruptArchive as exc:
                     # The tail does not inflate from the point: read whole, which either
                     # works or fails with the archive's own error.
@@ -1471,7 +1501,7 @@ def read_new_rows(
             notes.append(f"{path}: read whole: {why}")
             whole = verified_plan(cp, None, hashing=True)
             artifacts = attempt(whole, inflate_for_points(member, scan), scan)
-            return done(artifacts, scan, CompressedPrefix(member), f"read whole: {why}")
+            return done(artifacts, scan, f"read whole: {why}")
         except Restated as exc:
             inflated += scan.inflated
             notes.append(
@@ -1481,7 +1511,7 @@ def read_new_rows(
     scan = ArchiveScan()
     artifacts = attempt(ReadPlan(hashing=True), inflate_for_points(member, scan), scan)
     mode = "rebuilt: history restated" if cp is not None else "read whole: first run"
-    return done(artifacts, scan, CompressedPrefix(member), mode)
+    return done(artifacts, scan, mode)
 
 
 def run_optimized_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
@@ -1643,10 +1673,10 @@ def state_matches_archive(
             return False
         return True
 
-    point, _, _ = choose_access_point(member, cp, read_access_points(con, client))
+    point, prefix, _ = choose_access_point(member, cp, read_access_points(con, client))
     if point is not None:
         with contextlib.suppress(CorruptArchive):  # then check the fingerprint instead
-            return matches(inflate_tracked(member, point, []), point)
+            return matches(inflate_tracked(member, point, [], prefix), point)
     return matches(inflate_all(member), None)
 
 

@@ -51,7 +51,7 @@ from typing import Any, ClassVar
 import polars as pl
 from isal import isal_zlib
 
-# --- Configuration ---------------------------------------------------------------------
+# === Configuration: every option, constant and exception =========================================
 
 
 @dataclass(frozen=True)
@@ -84,12 +84,15 @@ LOCAL_STATE = "CA"
 MATURITY_DEFAULT_DAYS = 3  # imputed maturity_date = transaction_date + 3 days
 ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # ASCII digits: \d would take any script's
 READ_CHUNK_BYTES = 1 << 20  # compressed bytes read at once; text handed on at once
+INFLATE_OUT_BYTES = 256 << 10  # text inflated per call at most
+WINDOW_BYTES = 32 << 10  # deflate back-references reach 32 KiB back
 POINT_TAIL_BYTES = 8 << 20  # access points are kept only this close to the stream's end
 ACCESS_POINTS_KEPT = 3  # block boundaries kept per client: appending a day rewrites the
 # last one or two blocks of the stream, so the latest boundary may not survive it
 BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at default scale
 REJECT_LIMIT = 0.01  # more than 1% of a file's new rows rejected: stop, change nothing
 MEMORY_SAMPLE_S = 0.005  # memory_profiler sampling interval (10 ms or less)
+Z_OK, Z_STREAM_END, Z_MEM_ERROR, Z_BUF_ERROR, Z_BLOCK = 0, 1, -4, -5, 5
 COUNTERS = [
     "zip_missing",
     "zip_international",
@@ -100,7 +103,6 @@ COUNTERS = [
     "sku_unmatched",
     "rows_rejected",
 ]
-
 SALES_COLUMNS = """
     client_id TEXT NOT NULL,
     transaction_date TEXT NOT NULL,
@@ -170,6 +172,8 @@ TABLES = {
     "processed_sales_full_refresh": SALES_COLUMNS,
     "rejected_rows_full_refresh": REJECTED_COLUMNS,
 }
+STATE_TABLES = ("processed_sales", "rejected_rows", "ingest_checkpoint", "ingest_access_points")
+FULL_REFRESH_TABLES = ("processed_sales_full_refresh", "rejected_rows_full_refresh")
 
 
 class InputError(Exception):
@@ -178,6 +182,14 @@ class InputError(Exception):
 
 class StaleDayError(InputError):
     """The incremental step was asked for a day older than its checkpoint."""
+
+
+class CorruptArchive(InputError):
+    """The member's compressed stream cannot be inflated, or its CRC-32 or size is wrong."""
+
+
+class Restated(Exception):
+    """The archive does not start with the bytes already processed."""
 
 
 class WorkerError(Exception):
@@ -192,20 +204,12 @@ class ConflictError(Exception):
     """Another writer advanced the same client's checkpoint meanwhile: exit 1, nothing written."""
 
 
-# --- Reading archives ----------------------------------------------------------------------
+# === Zip members: where a day's CSV lies in its archive, and inflating it whole ==================
 
 
 def archive_path(data_dir: Path, client: str, day: int) -> Path:
     """Where day `day`'s archive of `client` lives."""
     return data_dir / client / f"transactions_day_{day}.zip"
-
-
-class Restated(Exception):
-    """The archive does not start with the bytes already processed."""
-
-
-class CorruptArchive(InputError):
-    """The member's compressed stream cannot be inflated, or its CRC-32 or size is wrong."""
 
 
 @dataclass(frozen=True)
@@ -272,24 +276,6 @@ def open_member(member: Member) -> Iterator[Any]:
         raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
-def check_header(path: Path, first_chunk: bytes) -> int:
-    """Validate the header line; return its length in bytes including the newline."""
-    end = first_chunk.find(b"\n")
-    if end < 0:
-        raise InputError(f"{path}: no header line (first {len(first_chunk)} bytes hold no newline)")
-    found = first_chunk[:end].decode("utf-8", "replace").strip().split(",")
-    if found != COLUMNS:
-        missing = [c for c in COLUMNS if c not in found]
-        extra = [c for c in found if c not in COLUMNS]
-        detail = f"missing {missing}" if missing else ""
-        detail += ("; " if detail and extra else "") + (f"unexpected {extra}" if extra else "")
-        raise InputError(
-            f"{path}: header {found} does not match the contract's columns "
-            f"({detail or 'same columns, other order'})"
-        )
-    return end + 1
-
-
 def compressed_pieces(member: Member, start: int = 0, limit: int | None = None) -> Iterator[bytes]:
     """The member's compressed bytes from `start` (`limit` of them), in READ_CHUNK_BYTES pieces."""
     try:
@@ -308,6 +294,11 @@ def compressed_pieces(member: Member, start: int = 0, limit: int | None = None) 
                 yield piece
     except OSError as exc:
         raise InputError(f"{member.path}: cannot read ({exc.strerror or exc})") from None
+
+
+def member_byte(member: Member, offset: int) -> int:
+    """One byte of the member's compressed data."""
+    return next(compressed_pieces(member, offset, 1), b"\0")[0]
 
 
 def check_integrity(member: Member, size: int, crc: int) -> None:
@@ -355,6 +346,93 @@ def inflate_all(member: Member) -> Iterator[bytes]:
     if not inflater.eof:
         raise CorruptArchive(f"{member.path}: corrupt archive, the deflate stream is truncated")
     check_integrity(member, size, crc)
+
+
+# === Resumable deflate: zlib through ctypes and access points (nothing of CSV or SQLite) =========
+
+
+class ZStream(ctypes.Structure):
+    """zlib's z_stream exactly as zlib.h declares it: a public, stable structure.
+
+    inflateInit2_ is given sizeof(ZStream) and refuses a layout of another size.
+    """
+
+    _fields_: ClassVar = [
+        ("next_in", ctypes.c_void_p),
+        ("avail_in", ctypes.c_uint),
+        ("total_in", ctypes.c_ulong),
+        ("next_out", ctypes.c_void_p),
+        ("avail_out", ctypes.c_uint),
+        ("total_out", ctypes.c_ulong),
+        ("msg", ctypes.c_char_p),
+        ("state", ctypes.c_void_p),
+        ("zalloc", ctypes.c_void_p),
+        ("zfree", ctypes.c_void_p),
+        ("opaque", ctypes.c_void_p),
+        ("data_type", ctypes.c_int),
+        ("adler", ctypes.c_ulong),
+        ("reserved", ctypes.c_ulong),
+    ]
+
+
+@functools.cache
+def libz() -> ctypes.CDLL:
+    """The system zlib (the one Python's own zlib module is built on), with signatures."""
+    try:
+        lib = ctypes.CDLL("libz.so.1")  # Linux's name; no lookup needed
+    except OSError:
+        lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz")
+    stream = ctypes.POINTER(ZStream)
+    lib.zlibVersion.restype = ctypes.c_char_p
+    lib.inflateInit2_.argtypes = [stream, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.inflate.argtypes = [stream, ctypes.c_int]
+    lib.inflatePrime.argtypes = [stream, ctypes.c_int, ctypes.c_int]
+    lib.inflateSetDictionary.argtypes = [stream, ctypes.c_char_p, ctypes.c_uint]
+    lib.inflateEnd.argtypes = [stream]
+    return lib
+
+
+class BlockInflater:
+    """Raw inflate with zlib's own API, the zran way (zlib's examples/zran.c).
+
+    inflate(Z_BLOCK) returns at every deflate block boundary and data_type says where
+    it stands; inflatePrime and inflateSetDictionary restart at such a boundary.
+    Neither ISA-L's nor Python's zlib bindings offer these, hence ctypes.
+    """
+
+    def __init__(self) -> None:
+        self.lib = libz()
+        self.strm = ZStream()
+        self.ref = ctypes.byref(self.strm)
+        version = self.lib.zlibVersion()
+        if self.lib.inflateInit2_(self.ref, -15, version, ctypes.sizeof(ZStream)) != Z_OK:
+            raise RuntimeError(f"zlib {version!r}: inflateInit2 failed")
+        self.out = ctypes.create_string_buffer(INFLATE_OUT_BYTES)
+        self.fed = b""  # zlib reads from this object's buffer: keep it alive
+
+    def prime(self, bits: int, last_byte: int, window: bytes) -> None:
+        """Start at a boundary: the next block's first bits, then the window before it."""
+        if bits and self.lib.inflatePrime(self.ref, bits, last_byte >> (8 - bits)) != Z_OK:
+            raise RuntimeError("zlib inflatePrime failed")
+        if window and self.lib.inflateSetDictionary(self.ref, window, len(window)) != Z_OK:
+            raise RuntimeError("zlib inflateSetDictionary failed")
+
+    def feed(self, data: bytes) -> None:
+        """Give zlib the next compressed bytes (at most READ_CHUNK_BYTES: 32-bit safe)."""
+        self.fed = data
+        self.strm.next_in = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
+        self.strm.avail_in = len(data)
+
+    def inflate(self) -> tuple[int, bytes]:
+        """One inflate(Z_BLOCK) call: zlib's return code and the text it produced."""
+        self.strm.next_out = ctypes.addressof(self.out)
+        self.strm.avail_out = INFLATE_OUT_BYTES
+        code = self.lib.inflate(self.ref, Z_BLOCK)
+        produced = INFLATE_OUT_BYTES - self.strm.avail_out
+        return code, ctypes.string_at(self.out, produced)
+
+    def close(self) -> None:
+        self.lib.inflateEnd(self.ref)
 
 
 @dataclass
@@ -419,100 +497,6 @@ class CompressedPrefix:
         if bits:  # only the low 8 - bits bits of the last byte precede the boundary
             state.update(bytes([member_byte(self.member, whole) & (0xFF >> bits)]))
         return state.hexdigest()
-
-
-def member_byte(member: Member, offset: int) -> int:
-    """One byte of the member's compressed data."""
-    return next(compressed_pieces(member, offset, 1), b"\0")[0]
-
-
-class ZStream(ctypes.Structure):
-    """zlib's z_stream exactly as zlib.h declares it: a public, stable structure.
-
-    inflateInit2_ is given sizeof(ZStream) and refuses a layout of another size.
-    """
-
-    _fields_: ClassVar = [
-        ("next_in", ctypes.c_void_p),
-        ("avail_in", ctypes.c_uint),
-        ("total_in", ctypes.c_ulong),
-        ("next_out", ctypes.c_void_p),
-        ("avail_out", ctypes.c_uint),
-        ("total_out", ctypes.c_ulong),
-        ("msg", ctypes.c_char_p),
-        ("state", ctypes.c_void_p),
-        ("zalloc", ctypes.c_void_p),
-        ("zfree", ctypes.c_void_p),
-        ("opaque", ctypes.c_void_p),
-        ("data_type", ctypes.c_int),
-        ("adler", ctypes.c_ulong),
-        ("reserved", ctypes.c_ulong),
-    ]
-
-
-Z_OK, Z_STREAM_END, Z_MEM_ERROR, Z_BUF_ERROR, Z_BLOCK = 0, 1, -4, -5, 5
-INFLATE_OUT_BYTES = 256 << 10  # text inflated per call at most
-WINDOW_BYTES = 32 << 10  # deflate back-references reach 32 KiB back
-
-
-@functools.cache
-def libz() -> ctypes.CDLL:
-    """The system zlib (the one Python's own zlib module is built on), with signatures."""
-    try:
-        lib = ctypes.CDLL("libz.so.1")  # Linux's name; no lookup needed
-    except OSError:
-        lib = ctypes.CDLL(ctypes.util.find_library("z") or "libz")
-    stream = ctypes.POINTER(ZStream)
-    lib.zlibVersion.restype = ctypes.c_char_p
-    lib.inflateInit2_.argtypes = [stream, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.inflate.argtypes = [stream, ctypes.c_int]
-    lib.inflatePrime.argtypes = [stream, ctypes.c_int, ctypes.c_int]
-    lib.inflateSetDictionary.argtypes = [stream, ctypes.c_char_p, ctypes.c_uint]
-    lib.inflateEnd.argtypes = [stream]
-    return lib
-
-
-class BlockInflater:
-    """Raw inflate with zlib's own API, the zran way (zlib's examples/zran.c).
-
-    inflate(Z_BLOCK) returns at every deflate block boundary and data_type says where
-    it stands; inflatePrime and inflateSetDictionary restart at such a boundary.
-    Neither ISA-L's nor Python's zlib bindings offer these, hence ctypes.
-    """
-
-    def __init__(self) -> None:
-        self.lib = libz()
-        self.strm = ZStream()
-        self.ref = ctypes.byref(self.strm)
-        version = self.lib.zlibVersion()
-        if self.lib.inflateInit2_(self.ref, -15, version, ctypes.sizeof(ZStream)) != Z_OK:
-            raise RuntimeError(f"zlib {version!r}: inflateInit2 failed")
-        self.out = ctypes.create_string_buffer(INFLATE_OUT_BYTES)
-        self.fed = b""  # zlib reads from this object's buffer: keep it alive
-
-    def prime(self, bits: int, last_byte: int, window: bytes) -> None:
-        """Start at a boundary: the next block's first bits, then the window before it."""
-        if bits and self.lib.inflatePrime(self.ref, bits, last_byte >> (8 - bits)) != Z_OK:
-            raise RuntimeError("zlib inflatePrime failed")
-        if window and self.lib.inflateSetDictionary(self.ref, window, len(window)) != Z_OK:
-            raise RuntimeError("zlib inflateSetDictionary failed")
-
-    def feed(self, data: bytes) -> None:
-        """Give zlib the next compressed bytes (at most READ_CHUNK_BYTES: 32-bit safe)."""
-        self.fed = data
-        self.strm.next_in = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p)
-        self.strm.avail_in = len(data)
-
-    def inflate(self) -> tuple[int, bytes]:
-        """One inflate(Z_BLOCK) call: zlib's return code and the text it produced."""
-        self.strm.next_out = ctypes.addressof(self.out)
-        self.strm.avail_out = INFLATE_OUT_BYTES
-        code = self.lib.inflate(self.ref, Z_BLOCK)
-        produced = INFLATE_OUT_BYTES - self.strm.avail_out
-        return code, ctypes.string_at(self.out, produced)
-
-    def close(self) -> None:
-        self.lib.inflateEnd(self.ref)
 
 
 def inflate_tracked(
@@ -654,6 +638,9 @@ def anchored_digest(point: AccessPoint, pieces: tuple[tuple[Any, int, bytes], ..
     return state.hexdigest()
 
 
+# === Line blocks and fingerprints: the CSV text in blocks of whole lines =========================
+
+
 @dataclass
 class ReadPlan:
     """Where a read starts, what it must verify before trusting the rest, and how it hashes.
@@ -705,6 +692,24 @@ class ChainHasher:
             self.state = hashlib.sha256(raw)
         self.state.update(data)
         self.pos += len(data)
+
+
+def check_header(path: Path, first_chunk: bytes) -> int:
+    """Validate the header line; return its length in bytes including the newline."""
+    end = first_chunk.find(b"\n")
+    if end < 0:
+        raise InputError(f"{path}: no header line (first {len(first_chunk)} bytes hold no newline)")
+    found = first_chunk[:end].decode("utf-8", "replace").strip().split(",")
+    if found != COLUMNS:
+        missing = [c for c in COLUMNS if c not in found]
+        extra = [c for c in found if c not in COLUMNS]
+        detail = f"missing {missing}" if missing else ""
+        detail += ("; " if detail and extra else "") + (f"unexpected {extra}" if extra else "")
+        raise InputError(
+            f"{path}: header {found} does not match the contract's columns "
+            f"({detail or 'same columns, other order'})"
+        )
+    return end + 1
 
 
 def scan_lines(
@@ -803,7 +808,7 @@ def scan_archive(path: Path, day: int, scan: ArchiveScan) -> Iterator[bytes]:
     return scan_lines(path, inflate_all(locate_member(path, day)), scan, ReadPlan())
 
 
-# --- The shared transformation -------------------------------------------------------------
+# === The shared transformation: parse, clean, count, aggregate (both pipelines) ==================
 
 
 @dataclass(frozen=True)
@@ -1005,6 +1010,68 @@ def process_transactions(rows: pl.LazyFrame, client: str, lookups: Lookups) -> P
     )
 
 
+def process_blocks(
+    blocks: Iterator[bytes],
+    first_line: int,
+    client: str,
+    lookups: Lookups,
+    stages: dict[str, float],
+) -> PipelineArtifacts:
+    """Parse and transform block after block, then add the partial results up.
+
+    Every output column is a sum (or a max), so blocks combine exactly; the stage
+    clocks accumulate over the blocks.
+    """
+    parts = []
+    while True:
+        with timed(stages, "read"):
+            block = next(blocks, None)
+        if block is None:
+            break
+        with timed(stages, "parse"):
+            rows = split_lines(block, first_line)
+            del block  # the text is in `rows` now
+        with timed(stages, "transform"):
+            parts.append(process_transactions(rows.lazy(), client, lookups))
+        first_line += parts[-1].rows_read
+    with timed(stages, "transform"):
+        if not parts:  # nothing new: an empty result with the right columns
+            return process_transactions(split_lines(b"", first_line).lazy(), client, lookups)
+        return parts[0] if len(parts) == 1 else combine(parts)
+
+
+def sum_additive(frame: pl.DataFrame) -> pl.DataFrame:
+    """Add up the additive columns of rows that share a key."""
+    return frame.group_by(KEY).agg(
+        pl.col("total_quantity").sum(), pl.col("revenue_cents").sum(), pl.col("order_count").sum()
+    )
+
+
+def combine(parts: list[PipelineArtifacts]) -> PipelineArtifacts:
+    """One PipelineArtifacts from those of consecutive blocks."""
+    aggregated = sum_additive(pl.concat([p.aggregated for p in parts]))
+    latest = max((p.latest_date for p in parts if p.latest_date), default=None)
+    return PipelineArtifacts(
+        aggregated=aggregated,
+        top_five=top_five(aggregated, latest),
+        counters={c: sum(p.counters[c] for p in parts) for c in COUNTERS},
+        latest_date=latest,
+        rejected=pl.concat([p.rejected for p in parts]),
+        rows_read=sum(p.rows_read for p in parts),
+    )
+
+
+def check_rejections(path: Path, artifacts: PipelineArtifacts, new_rows: int) -> None:
+    """Stop (changing nothing) when more than 1% of a file's new rows cannot be parsed."""
+    rejected = artifacts.counters["rows_rejected"]
+    if new_rows and rejected / new_rows > REJECT_LIMIT:
+        sample = artifacts.rejected.row(0, named=True)
+        raise InputError(
+            f"{path}: {rejected:,} of {new_rows:,} new rows cannot be parsed "
+            f"(over {REJECT_LIMIT:.0%}); first: line {sample['line_number']}, {sample['reason']}"
+        )
+
+
 def iso(day: dt.date | None) -> str | None:
     """A date as YYYY-MM-DD text, None stays None."""
     return day.isoformat() if day else None
@@ -1057,7 +1124,7 @@ def finalize(aggregated: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-# --- The SQLite store and its checkpoint ---------------------------------------------------
+# === The SQLite store: schema, checkpoint, access points, rows ===================================
 
 
 class Connection(sqlite3.Connection):
@@ -1163,6 +1230,38 @@ def read_checkpoint(con: sqlite3.Connection, client: str) -> Checkpoint | None:
     return Checkpoint(*row[:5], ends)
 
 
+def read_access_points(con: sqlite3.Connection, client: str) -> list[AccessPoint]:
+    """The access points stored with a client's checkpoint, in stream order."""
+    rows = con.execute(
+        "SELECT compressed_offset, bits, csv_offset, crc32, window, compressed_sha256,"
+        " tail_sha256 FROM ingest_access_points WHERE client_id = ? ORDER BY compressed_offset",
+        (client,),
+    ).fetchall()
+    return [AccessPoint(*row) for row in rows]
+
+
+def write_access_points(con: Connection, client: str, points: list[AccessPoint]) -> None:
+    """Replace a client's access points (inside the caller's transaction)."""
+    con.execute("DELETE FROM ingest_access_points WHERE client_id = ?", (client,))
+    con.executemany(
+        "INSERT INTO ingest_access_points VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                client,
+                p.compressed_offset,
+                p.bits,
+                p.offset,
+                p.crc32,
+                p.window,
+                p.compressed_sha256,
+                p.tail_sha256,
+            )
+            for p in points
+            if p.compressed_sha256
+        ],
+    )
+
+
 def write_frame(con: Connection, table: str, frame: pl.DataFrame) -> None:
     """Append a Polars frame to a table with pandas' to_sql (executemany underneath)."""
     import pandas as pd  # only the write needs it
@@ -1177,10 +1276,6 @@ def rejected_frame(artifacts: PipelineArtifacts, client: str, day: int) -> pl.Da
     return artifacts.rejected.select(
         pl.lit(client).alias("client_id"), pl.lit(day).alias("day"), pl.all()
     )
-
-
-STATE_TABLES = ("processed_sales", "rejected_rows", "ingest_checkpoint", "ingest_access_points")
-FULL_REFRESH_TABLES = ("processed_sales_full_refresh", "rejected_rows_full_refresh")
 
 
 def delete_client(
@@ -1215,7 +1310,35 @@ def existing_days(con: sqlite3.Connection, client: str, days: list[str]) -> pl.D
     )
 
 
-# --- The two pipelines ---------------------------------------------------------------------
+def copy_client_rows(src: Path, con: Connection, client: str, tables: Iterable[str]) -> None:
+    """Replace a client's rows of `tables` in `con` by those of database `src`, atomically."""
+    con.execute("ATTACH DATABASE ? AS src", (str(src),))
+    try:
+        with transaction(con):
+            delete_client(con, client, tables)
+            for table in tables:
+                con.execute(
+                    f"INSERT INTO main.{table} SELECT * FROM src.{table} WHERE client_id = ?",
+                    (client,),
+                )
+    finally:
+        con.execute("DETACH DATABASE src")
+
+
+def copy_db(src: Path, dst: Path) -> None:
+    """Copy a database with SQLite's backup API (consistent even in WAL mode)."""
+    with (
+        contextlib.closing(sqlite3.connect(src)) as s,
+        contextlib.closing(sqlite3.connect(dst)) as d,
+    ):
+        try:
+            s.backup(d)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(f"{src}: cannot read as an SQLite database ({exc})") from None
+        d.execute("PRAGMA journal_mode=WAL")  # as the real database, set outside any timing
+
+
+# === The two pipelines ===========================================================================
 
 
 @dataclass
@@ -1233,20 +1356,6 @@ class RunRecord:
     note: str = ""  # restatements and fallbacks, in words
     read_mode: str = ""  # incremental: how it read the archive (resumed, read whole, rebuilt)
     top_five: list[dict] = field(default_factory=list)
-
-
-def timed(stages: dict[str, float], name: str) -> contextlib.AbstractContextManager:
-    """Context manager adding the wall time of its block to stages[name]."""
-
-    @contextlib.contextmanager
-    def block() -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
-
-    return block()
 
 
 def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
@@ -1283,97 +1392,96 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
     )
 
 
-def process_blocks(
-    blocks: Iterator[bytes],
-    first_line: int,
-    client: str,
-    lookups: Lookups,
-    stages: dict[str, float],
-) -> PipelineArtifacts:
-    """Parse and transform block after block, then add the partial results up.
+def run_optimized_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
+    """Incremental: process only the rows past the checkpoint and merge them in."""
+    con = connect(db)
+    try:
+        return incremental_step(con, data_dir, client, day)
+    finally:
+        con.close()
 
-    Every output column is a sum (or a max), so blocks combine exactly; the stage
-    clocks accumulate over the blocks.
+
+def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> RunRecord:
+    """Bring `client` from its checkpoint to `day` in one transaction.
+
+    No-op on the day the checkpoint holds; refuses an older day. If the archive does
+    not start with the bytes already processed (history restated), the client is
+    rebuilt from the full archive, in the same transaction.
     """
-    parts = []
-    while True:
-        with timed(stages, "read"):
-            block = next(blocks, None)
-        if block is None:
-            break
-        with timed(stages, "parse"):
-            rows = split_lines(block, first_line)
-            del block  # the text is in `rows` now
-        with timed(stages, "transform"):
-            parts.append(process_transactions(rows.lazy(), client, lookups))
-        first_line += parts[-1].rows_read
-    with timed(stages, "transform"):
-        if not parts:  # nothing new: an empty result with the right columns
-            return process_transactions(split_lines(b"", first_line).lazy(), client, lookups)
-        return parts[0] if len(parts) == 1 else combine(parts)
-
-
-def sum_additive(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add up the additive columns of rows that share a key."""
-    return frame.group_by(KEY).agg(
-        pl.col("total_quantity").sum(), pl.col("revenue_cents").sum(), pl.col("order_count").sum()
-    )
-
-
-def combine(parts: list[PipelineArtifacts]) -> PipelineArtifacts:
-    """One PipelineArtifacts from those of consecutive blocks."""
-    aggregated = sum_additive(pl.concat([p.aggregated for p in parts]))
-    latest = max((p.latest_date for p in parts if p.latest_date), default=None)
-    return PipelineArtifacts(
-        aggregated=aggregated,
-        top_five=top_five(aggregated, latest),
-        counters={c: sum(p.counters[c] for p in parts) for c in COUNTERS},
-        latest_date=latest,
-        rejected=pl.concat([p.rejected for p in parts]),
-        rows_read=sum(p.rows_read for p in parts),
-    )
-
-
-def check_rejections(path: Path, artifacts: PipelineArtifacts, new_rows: int) -> None:
-    """Stop (changing nothing) when more than 1% of a file's new rows cannot be parsed."""
-    rejected = artifacts.counters["rows_rejected"]
-    if new_rows and rejected / new_rows > REJECT_LIMIT:
-        sample = artifacts.rejected.row(0, named=True)
-        raise InputError(
-            f"{path}: {rejected:,} of {new_rows:,} new rows cannot be parsed "
-            f"(over {REJECT_LIMIT:.0%}); first: line {sample['line_number']}, {sample['reason']}"
+    stages: dict[str, float] = {}
+    lookups = load_lookups(data_dir)
+    path = archive_path(data_dir, client, day)
+    cp = started_from = read_checkpoint(con, client)
+    if cp and day == cp.last_day:
+        return RunRecord("incremental", stages, {}, 0, 0, 0, 0, cp.last_transaction_date, "no-op")
+    if cp and day < cp.last_day:
+        raise StaleDayError(
+            f"{path}: checkpoint of {client} already holds day {cp.last_day}; "
+            f"refusing to go back to day {day}"
         )
-
-
-def read_access_points(con: sqlite3.Connection, client: str) -> list[AccessPoint]:
-    """The access points stored with a client's checkpoint, in stream order."""
-    rows = con.execute(
-        "SELECT compressed_offset, bits, csv_offset, crc32, window, compressed_sha256,"
-        " tail_sha256 FROM ingest_access_points WHERE client_id = ? ORDER BY compressed_offset",
-        (client,),
-    ).fetchall()
-    return [AccessPoint(*row) for row in rows]
-
-
-def write_access_points(con: Connection, client: str, points: list[AccessPoint]) -> None:
-    """Replace a client's access points (inside the caller's transaction)."""
-    con.execute("DELETE FROM ingest_access_points WHERE client_id = ?", (client,))
-    con.executemany(
-        "INSERT INTO ingest_access_points VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
+    with timed(stages, "read"):
+        member = locate_member(path, day)
+    new = read_new_rows(con, member, cp, client, day, lookups, stages)
+    artifacts, scan = new.artifacts, new.scan
+    if new.rebuilt:
+        cp = None
+    with timed(stages, "transform"):
+        check_rejections(path, artifacts, artifacts.rows_read)
+        touched = sorted({str(d) for d in artifacts.aggregated["transaction_date"].unique()})
+    latest = max(
+        [d for d in (cp and cp.last_transaction_date, iso(artifacts.latest_date)) if d],
+        default=None,
+    )
+    write_start = time.perf_counter()
+    with transaction(con):
+        if read_checkpoint(con, client) != started_from:
+            raise ConflictError(
+                f"{client}: another run moved the checkpoint while day {day} was being "
+                "processed; nothing written, run again"
+            )
+        if cp is None:
+            delete_client(con, client, STATE_TABLES)
+        # The merge reads the stored rows of the touched days inside the transaction,
+        # so no other writer can change them between the read and the write.
+        merge_start = time.perf_counter()
+        merged = pl.concat([existing_days(con, client, touched), artifacts.aggregated])
+        table = finalize(sum_additive(merged))
+        merge_s = time.perf_counter() - merge_start
+        con.execute(
+            "DELETE FROM processed_sales WHERE client_id = ?"
+            " AND transaction_date IN (SELECT value FROM json_each(?))",
+            (client, json.dumps(touched)),
+        )
+        write_frame(con, "processed_sales", table)
+        write_frame(con, "rejected_rows", rejected_frame(artifacts, client, day))
+        con.execute(
+            "INSERT OR REPLACE INTO ingest_checkpoint VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 client,
-                p.compressed_offset,
-                p.bits,
-                p.offset,
-                p.crc32,
-                p.window,
-                p.compressed_sha256,
-                p.tail_sha256,
-            )
-            for p in points
-            if p.compressed_sha256
-        ],
+                day,
+                scan.size,
+                (cp.lines_processed if cp else 1) + artifacts.rows_read,
+                scan.sha256,
+                latest,
+                dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                json.dumps(scan.ends),
+            ),
+        )
+        write_access_points(con, client, scan.points)
+    stages["transform"] += merge_s
+    stages["write"] = time.perf_counter() - write_start - merge_s
+    return RunRecord(
+        pipeline="incremental",
+        stages_s=stages,
+        counters=artifacts.counters,
+        rows_processed=artifacts.rows_read,
+        rows_written=table.height,
+        bytes_inflated=scan.inflated,
+        archive_bytes=scan.size,
+        latest_date=latest,
+        note="; ".join(new.notes),
+        read_mode=new.read_mode,
+        top_five=artifacts.top_five.to_dicts(),
     )
 
 
@@ -1514,99 +1622,6 @@ def read_new_rows(
     return done(artifacts, scan, mode)
 
 
-def run_optimized_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
-    """Incremental: process only the rows past the checkpoint and merge them in."""
-    con = connect(db)
-    try:
-        return incremental_step(con, data_dir, client, day)
-    finally:
-        con.close()
-
-
-def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> RunRecord:
-    """Bring `client` from its checkpoint to `day` in one transaction.
-
-    No-op on the day the checkpoint holds; refuses an older day. If the archive does
-    not start with the bytes already processed (history restated), the client is
-    rebuilt from the full archive, in the same transaction.
-    """
-    stages: dict[str, float] = {}
-    lookups = load_lookups(data_dir)
-    path = archive_path(data_dir, client, day)
-    cp = started_from = read_checkpoint(con, client)
-    if cp and day == cp.last_day:
-        return RunRecord("incremental", stages, {}, 0, 0, 0, 0, cp.last_transaction_date, "no-op")
-    if cp and day < cp.last_day:
-        raise StaleDayError(
-            f"{path}: checkpoint of {client} already holds day {cp.last_day}; "
-            f"refusing to go back to day {day}"
-        )
-    with timed(stages, "read"):
-        member = locate_member(path, day)
-    new = read_new_rows(con, member, cp, client, day, lookups, stages)
-    artifacts, scan = new.artifacts, new.scan
-    if new.rebuilt:
-        cp = None
-    with timed(stages, "transform"):
-        check_rejections(path, artifacts, artifacts.rows_read)
-        touched = sorted({str(d) for d in artifacts.aggregated["transaction_date"].unique()})
-    latest = max(
-        [d for d in (cp and cp.last_transaction_date, iso(artifacts.latest_date)) if d],
-        default=None,
-    )
-    write_start = time.perf_counter()
-    with transaction(con):
-        if read_checkpoint(con, client) != started_from:
-            raise ConflictError(
-                f"{client}: another run moved the checkpoint while day {day} was being "
-                "processed; nothing written, run again"
-            )
-        if cp is None:
-            delete_client(con, client, STATE_TABLES)
-        # The merge reads the stored rows of the touched days inside the transaction,
-        # so no other writer can change them between the read and the write.
-        merge_start = time.perf_counter()
-        merged = pl.concat([existing_days(con, client, touched), artifacts.aggregated])
-        table = finalize(sum_additive(merged))
-        merge_s = time.perf_counter() - merge_start
-        con.execute(
-            "DELETE FROM processed_sales WHERE client_id = ?"
-            " AND transaction_date IN (SELECT value FROM json_each(?))",
-            (client, json.dumps(touched)),
-        )
-        write_frame(con, "processed_sales", table)
-        write_frame(con, "rejected_rows", rejected_frame(artifacts, client, day))
-        con.execute(
-            "INSERT OR REPLACE INTO ingest_checkpoint VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                client,
-                day,
-                scan.size,
-                (cp.lines_processed if cp else 1) + artifacts.rows_read,
-                scan.sha256,
-                latest,
-                dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                json.dumps(scan.ends),
-            ),
-        )
-        write_access_points(con, client, scan.points)
-    stages["transform"] += merge_s
-    stages["write"] = time.perf_counter() - write_start - merge_s
-    return RunRecord(
-        pipeline="incremental",
-        stages_s=stages,
-        counters=artifacts.counters,
-        rows_processed=artifacts.rows_read,
-        rows_written=table.height,
-        bytes_inflated=scan.inflated,
-        archive_bytes=scan.size,
-        latest_date=latest,
-        note="; ".join(new.notes),
-        read_mode=new.read_mode,
-        top_five=artifacts.top_five.to_dicts(),
-    )
-
-
 def populate_historical_data(
     db: Path, data_dir: Path, client: str, day: int, say: Callable[[str], None]
 ) -> dict[str, Any]:
@@ -1680,16 +1695,7 @@ def state_matches_archive(
     return matches(inflate_all(member), None)
 
 
-def progress(days: range, label: str) -> Iterator[int]:
-    """A tqdm bar over days on a terminal; a plain iterator elsewhere."""
-    if len(days) < 2:
-        return iter(days)
-    from tqdm import tqdm
-
-    return iter(tqdm(days, desc=label, unit="day", disable=None, leave=False))
-
-
-# --- Parity ----------------------------------------------------------------------------------
+# === Parity: the incremental state against the full refresh ======================================
 
 
 def sales_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
@@ -1782,40 +1788,37 @@ def diff_summary(inc: pl.DataFrame, full: pl.DataFrame) -> dict[str, Any]:
     }
 
 
-# --- Measurement -----------------------------------------------------------------------------
-
-PIPELINES: dict[str, Callable[[Path, Path, str, int], RunRecord]] = {
-    "baseline": run_baseline_benchmark,
-    "incremental": run_optimized_benchmark,
-}
+# === The harness: fresh processes, timing, memory, progress ======================================
 
 
-def copy_client_rows(src: Path, con: Connection, client: str, tables: Iterable[str]) -> None:
-    """Replace a client's rows of `tables` in `con` by those of database `src`, atomically."""
-    con.execute("ATTACH DATABASE ? AS src", (str(src),))
-    try:
-        with transaction(con):
-            delete_client(con, client, tables)
-            for table in tables:
-                con.execute(
-                    f"INSERT INTO main.{table} SELECT * FROM src.{table} WHERE client_id = ?",
-                    (client,),
-                )
-    finally:
-        con.execute("DETACH DATABASE src")
+def timed(stages: dict[str, float], name: str) -> contextlib.AbstractContextManager:
+    """Context manager adding the wall time of its block to stages[name]."""
 
-
-def copy_db(src: Path, dst: Path) -> None:
-    """Copy a database with SQLite's backup API (consistent even in WAL mode)."""
-    with (
-        contextlib.closing(sqlite3.connect(src)) as s,
-        contextlib.closing(sqlite3.connect(dst)) as d,
-    ):
+    @contextlib.contextmanager
+    def block() -> Iterator[None]:
+        start = time.perf_counter()
         try:
-            s.backup(d)
-        except sqlite3.DatabaseError as exc:
-            raise InputError(f"{src}: cannot read as an SQLite database ({exc})") from None
-        d.execute("PRAGMA journal_mode=WAL")  # as the real database, set outside any timing
+            yield
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
+    return block()
+
+
+def progress(days: range, label: str) -> Iterator[int]:
+    """A tqdm bar over days on a terminal; a plain iterator elsewhere."""
+    if len(days) < 2:
+        return iter(days)
+    from tqdm import tqdm
+
+    return iter(tqdm(days, desc=label, unit="day", disable=None, leave=False))
+
+
+def progress_repeats(repeat: int) -> Iterator[int]:
+    """A tqdm bar over the repeats on a terminal; a plain iterator elsewhere."""
+    from tqdm import tqdm
+
+    return iter(tqdm(range(repeat), desc="timed repeats", unit="repeat", disable=None, leave=False))
 
 
 def rss_mib() -> float:
@@ -1846,6 +1849,12 @@ def peak_rss_mib() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+PIPELINES: dict[str, Callable[[Path, Path, str, int], RunRecord]] = {
+    "baseline": run_baseline_benchmark,
+    "incremental": run_optimized_benchmark,
+}
 
 
 def worker(spec: dict[str, Any]) -> dict[str, Any]:
@@ -2047,6 +2056,26 @@ def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
     return points
 
 
+def profile_lines(cfg: BenchConfig, state: Path, scratch: Path) -> None:
+    """Under `python -m memory_profiler main.py`: one line-by-line table per pipeline.
+
+    memory_profiler installs `profile` in builtins. Registering incremental_step's code
+    lets its lines show inside the one traced call of run_optimized_benchmark; the
+    warm-up replays ran before, untraced.
+    """
+    line_profiler = getattr(builtins, "profile", None)
+    if line_profiler is None:
+        return
+    line_profiler(incremental_step)
+    for pipeline, fn in PIPELINES.items():
+        db = scratch / f"profile-{pipeline}.db"
+        copy_db(state, db)
+        line_profiler(fn)(db, cfg.data_dir, cfg.client, cfg.day)
+
+
+# === The results record: every figure of the report, computed once ===============================
+
+
 def sweep_points(sweep: list[dict[str, Any]], figures: dict[str, Any], day: int) -> list[dict]:
     """The chart's rows: the sweep's days plus day N.
 
@@ -2073,61 +2102,6 @@ def sweep_points(sweep: list[dict[str, Any]], figures: dict[str, Any], day: int)
         }
         for p in [*sweep, last]
     ]
-
-
-def render_chart(results: dict[str, Any], path: Path) -> None:
-    """The PNG next to results.md: time and peak memory against rows in the archive."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    points = results["sweep"]
-    rows = [p["rows_total"] / 1e6 for p in points]
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for pipeline, style in (("baseline", "o-"), ("incremental", "s-")):
-        ax_time.plot(rows, [p[pipeline]["wall_s"] for p in points], style, label=pipeline)
-        ax_mem.plot(rows, [p[pipeline]["peak_mib"] for p in points], style, label=pipeline)
-    for ax, label in ((ax_time, "wall time (s)"), (ax_mem, "peak memory (MiB)")):
-        ax.set_xlabel("rows in the archive (millions)")
-        ax.set_ylabel(label)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    cond = results["conditions"]
-    fig.suptitle(f"{cond['client']}: one day's step, days 2 to {cond['day']}")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def progress_repeats(repeat: int) -> Iterator[int]:
-    """A tqdm bar over the repeats on a terminal; a plain iterator elsewhere."""
-    from tqdm import tqdm
-
-    return iter(tqdm(range(repeat), desc="timed repeats", unit="repeat", disable=None, leave=False))
-
-
-def profile_lines(cfg: BenchConfig, state: Path, scratch: Path) -> None:
-    """Under `python -m memory_profiler main.py`: one line-by-line table per pipeline.
-
-    memory_profiler installs `profile` in builtins. Registering incremental_step's code
-    lets its lines show inside the one traced call of run_optimized_benchmark; the
-    warm-up replays ran before, untraced.
-    """
-    line_profiler = getattr(builtins, "profile", None)
-    if line_profiler is None:
-        return
-    line_profiler(incremental_step)
-    for pipeline, fn in PIPELINES.items():
-        db = scratch / f"profile-{pipeline}.db"
-        copy_db(state, db)
-        line_profiler(fn)(db, cfg.data_dir, cfg.client, cfg.day)
-
-
-# --- Report ------------------------------------------------------------------------------------
 
 
 def day_summary(con: sqlite3.Connection, client: str, day: str | None) -> dict[str, Any]:
@@ -2172,6 +2146,37 @@ def environment(cfg: BenchConfig) -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "command": " ".join(["python", *sys.argv]),
     }
+
+
+# === The report: results.md and its chart, formatted from the record alone =======================
+
+
+def render_chart(results: dict[str, Any], path: Path) -> None:
+    """The PNG next to results.md: time and peak memory against rows in the archive."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    points = results["sweep"]
+    rows = [p["rows_total"] / 1e6 for p in points]
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for pipeline, style in (("baseline", "o-"), ("incremental", "s-")):
+        ax_time.plot(rows, [p[pipeline]["wall_s"] for p in points], style, label=pipeline)
+        ax_mem.plot(rows, [p[pipeline]["peak_mib"] for p in points], style, label=pipeline)
+    for ax, label in ((ax_time, "wall time (s)"), (ax_mem, "peak memory (MiB)")):
+        ax.set_xlabel("rows in the archive (millions)")
+        ax.set_ylabel(label)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    cond = results["conditions"]
+    fig.suptitle(f"{cond['client']}: one day's step, days 2 to {cond['day']}")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def fmt_s(seconds: float) -> str:
@@ -2456,7 +2461,7 @@ def render_report(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-# --- Command line ----------------------------------------------------------------------------
+# === Command line ================================================================================
 
 
 def check_inputs(cfg: BenchConfig) -> None:

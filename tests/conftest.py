@@ -1,4 +1,4 @@
-"""Shared helpers: tiny feeds generated once per test session."""
+"""Shared helpers: tiny feeds generated once per test session, the oracle, databases."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import polars as pl  # noqa: E402
+from oracle import expected  # noqa: E402
+
 import generate_data  # noqa: E402
+import main  # noqa: E402
 
 TINY = ["--days", "3", "--base-rows", "3000", "--daily-rows", "300", "--seed", "7"]
 
@@ -75,3 +79,48 @@ def write_feed(data_dir: Path, days: list[list[str]], client: str = "client_1") 
         ) as zf:
             zf.writestr(f"transactions_day_{day}.csv", text)
     return data_dir
+
+
+def oracle_for(feed: Path, client: str, day: int) -> tuple[dict, dict, list]:
+    """The oracle's (table, counters, rejected) for one day's whole archive."""
+    zips = pl.read_csv(feed / "static/us_zip_codes.csv", infer_schema=False)
+    skus = pl.read_csv(feed / "static/sku_groups.csv", infer_schema=False)
+    text = read_csv_bytes(feed / client / f"transactions_day_{day}.zip").decode()
+    return expected(
+        text,
+        client,
+        dict(zip(zips["zip_code"], zips["state"], strict=True)),
+        dict(zip(skus["sku_id"], skus["sku_group"], strict=True)),
+    )
+
+
+def assert_table_matches(frame: pl.DataFrame, table: dict) -> None:
+    """Same keys as the oracle's table; integers equal, floats within 1e-9 relative."""
+    got = {tuple(r[k] for k in main.KEY): r for r in frame.iter_rows(named=True)}
+    assert set(got) == set(table)
+    for key, want in table.items():
+        for column, value in want.items():
+            if isinstance(value, float):
+                assert got[key][column] == pytest.approx(value, rel=1e-9), (key, column)
+            else:
+                assert got[key][column] == value, (key, column)
+
+
+def fresh_db(path: Path) -> main.Connection:
+    """A database with the current schema and nothing in it."""
+    con = main.connect(path)
+    main.ensure_schema(con, print)
+    return con
+
+
+def replay(feed: Path, db: Path, days: range | list[int]) -> main.Connection:
+    """client_1's incremental state after running the given days in order."""
+    con = fresh_db(db)
+    for day in days:
+        main.incremental_step(con, feed, "client_1", day)
+    return con
+
+
+def state(con: main.Connection) -> pl.DataFrame:
+    """client_1's rows of processed_sales."""
+    return main.sales_rows(con, "processed_sales", "client_1")

@@ -1,4 +1,4 @@
-"""Issue 5: the central promise under late, repeated, restated and interrupted feeds."""
+"""The central promise (docs/spec.md section 4) under late, repeated, restated and killed runs."""
 
 from __future__ import annotations
 
@@ -11,23 +11,21 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import HEADER, ROOT, generate, write_feed
+from conftest import (
+    HEADER,
+    ROOT,
+    assert_table_matches,
+    fresh_db,
+    generate,
+    oracle_for,
+    state,
+    write_feed,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from oracle import expected
-from test_main import assert_table_matches, oracle_for
 
 import main
-
-
-def fresh_db(path: Path) -> main.Connection:
-    con = main.connect(path)
-    main.ensure_schema(con, print)
-    return con
-
-
-def state(con: main.Connection) -> dict:
-    return main.sales_rows(con, "processed_sales", "client_1")
 
 
 @pytest.fixture(scope="module")

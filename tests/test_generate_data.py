@@ -1,4 +1,4 @@
-"""The feed generator against ../shared/CONTRACT.md section 1."""
+"""The feed generator against docs/spec.md section 1."""
 
 from __future__ import annotations
 

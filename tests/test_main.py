@@ -1,4 +1,4 @@
-"""main.py against ../shared/CONTRACT.md sections 2 to 5, on tiny feeds."""
+"""main.py against docs/spec.md sections 2 to 5, on tiny feeds."""
 
 from __future__ import annotations
 
@@ -14,8 +14,18 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import HAND_SKUS, HAND_ZIPS, HEADER, ROOT, read_csv_bytes, write_feed
-from oracle import expected
+from conftest import (
+    HAND_SKUS,
+    HAND_ZIPS,
+    HEADER,
+    ROOT,
+    assert_table_matches,
+    fresh_db,
+    oracle_for,
+    read_csv_bytes,
+    replay,
+    write_feed,
+)
 
 import main
 
@@ -122,34 +132,11 @@ def test_unparseable_row_is_rejected_alone_with_its_line(bad, reason):
 # --- the aggregate against an independent oracle -----------------------------------------------
 
 
-def oracle_for(feed: Path, client: str, day: int) -> tuple[dict, dict, list]:
-    zips = pl.read_csv(feed / "static/us_zip_codes.csv", infer_schema=False)
-    skus = pl.read_csv(feed / "static/sku_groups.csv", infer_schema=False)
-    text = read_csv_bytes(feed / client / f"transactions_day_{day}.zip").decode()
-    return expected(
-        text,
-        client,
-        dict(zip(zips["zip_code"], zips["state"], strict=True)),
-        dict(zip(skus["sku_id"], skus["sku_group"], strict=True)),
-    )
-
-
-def assert_table_matches(frame: pl.DataFrame, table: dict) -> None:
-    got = {tuple(r[k] for k in main.KEY): r for r in frame.iter_rows(named=True)}
-    assert set(got) == set(table)
-    for key, want in table.items():
-        for column, value in want.items():
-            if isinstance(value, float):
-                assert got[key][column] == pytest.approx(value, rel=1e-9), (key, column)
-            else:
-                assert got[key][column] == value, (key, column)
-
-
 def test_full_recompute_matches_the_oracle(tiny_feed):
     table, counters, _rejected = oracle_for(tiny_feed, "client_2", 3)
-    blocks = main.scan_archive(tiny_feed / "client_2/transactions_day_3.zip", 3, main.ArchiveScan())
+    blocks = main.scan_archive(tiny_feed / "client_2/transactions_day_3.zip", 3)
     lookups = main.load_lookups(tiny_feed)
-    art = main.process_blocks(blocks, 2, "client_2", lookups, {})
+    art = main.process_blocks(blocks, 2, "client_2", lookups, main.Stopwatch())
     final = main.finalize(art.aggregated).with_columns(pl.col("local").cast(pl.Int64))
     assert_table_matches(final, table)
     assert art.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
@@ -169,8 +156,7 @@ HAND_ROWS = [
 
 def test_too_many_rejected_rows_stop_the_run_and_change_nothing(tmp_path):
     feed = write_feed(tmp_path / "data", [HAND_ROWS])  # 1 of 7 rows: over the 1% limit
-    con = main.connect(tmp_path / "db.sqlite")
-    main.ensure_schema(con, print)
+    con = fresh_db(tmp_path / "db.sqlite")
     with pytest.raises(main.InputError, match="1 of 7 new rows cannot be parsed"):
         main.incremental_step(con, feed, "client_1", 1)
     assert main.read_checkpoint(con, "client_1") is None
@@ -186,8 +172,7 @@ def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
     feed = write_feed(tmp_path / "data", [day1, day2])
     table, counters, rejected = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 1 and counters["sku_unmatched"] > 0
-    con = main.connect(tmp_path / "db.sqlite")
-    main.ensure_schema(con, print)
+    con = fresh_db(tmp_path / "db.sqlite")
     main.incremental_step(con, feed, "client_1", 1)
     record = main.incremental_step(con, feed, "client_1", 2)
     assert record.counters["rows_rejected"] == 1
@@ -195,7 +180,7 @@ def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
     stored = con.execute("SELECT day, line_number, raw_line FROM rejected_rows").fetchall()
     assert stored == [(2, rejected[0][0], rejected[0][1])]
     # Day 2's counters cover its new rows; the oracle's cover the whole archive.
-    fresh = apply_days(feed, tmp_path / "fresh.db", range(2, 2))
+    fresh = replay(feed, tmp_path / "fresh.db", range(2, 2))
     first = main.incremental_step(fresh, feed, "client_1", 2)
     assert first.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
 
@@ -211,11 +196,11 @@ def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monke
     days = [filler[:300], [*filler[300:450], "bad,row"], filler[450:]]
     feed = write_feed(tmp_path / "data", days)
     table, counters, rejected = oracle_for(feed, "client_1", 3)
-    con = apply_days(feed, tmp_path / "db.sqlite", range(1, 4))
+    con = replay(feed, tmp_path / "db.sqlite", range(1, 4))
     assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
     assert con.execute("SELECT line_number FROM rejected_rows").fetchall() == [(rejected[0][0],)]
-    blocks = main.scan_archive(feed / "client_1/transactions_day_3.zip", 3, main.ArchiveScan())
-    full = main.process_blocks(blocks, 2, "client_1", main.load_lookups(feed), {})
+    blocks = main.scan_archive(feed / "client_1/transactions_day_3.zip", 3)
+    full = main.process_blocks(blocks, 2, "client_1", main.load_lookups(feed), main.Stopwatch())
     assert full.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
     assert full.rejected["line_number"].to_list() == [rejected[0][0]] == [452]
     assert main.read_checkpoint(con, "client_1").lines_processed == 602
@@ -246,14 +231,6 @@ def test_invalid_utf8_and_nul_bytes_are_judged_per_row():
     assert art.counters["zip_international"] == 2  # the damage splits the five digits
 
 
-def apply_days(feed: Path, db: Path, days: range) -> sqlite3.Connection:
-    con = main.connect(db)
-    main.ensure_schema(con, print)
-    for day in days:
-        main.incremental_step(con, feed, "client_1", day)
-    return con
-
-
 def test_day_without_final_newline_then_completed_keeps_parity(tmp_path):
     # Day 1 ends inside its last line; day 2 starts with the newline that ends it.
     rows = [row(), "2,2025-10-01,SKU-2,3,99.99,,10001"] + [
@@ -265,7 +242,7 @@ def test_day_without_final_newline_then_completed_keeps_parity(tmp_path):
         text = read_csv_bytes(path)
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr(path.stem + ".csv", text[:-1] if cut else text)
-    con = apply_days(feed, tmp_path / "db.sqlite", range(1, 3))
+    con = replay(feed, tmp_path / "db.sqlite", range(1, 3))
     table, counters, _ = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 0
     assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
@@ -279,8 +256,7 @@ def test_extended_last_line_is_a_restatement_and_rebuilds(tmp_path):
     text = read_csv_bytes(day1)
     with zipfile.ZipFile(day1, "w") as zf:
         zf.writestr("transactions_day_1.csv", text[:-3])  # ends "...,101"; day 2 goes on "49"
-    con = main.connect(tmp_path / "db.sqlite")
-    main.ensure_schema(con, print)
+    con = fresh_db(tmp_path / "db.sqlite")
     main.incremental_step(con, feed, "client_1", 1)
     record = main.incremental_step(con, feed, "client_1", 2)
     assert "restatement detected in client_1 day 2" in record.note
@@ -291,17 +267,17 @@ def test_extended_last_line_is_a_restatement_and_rebuilds(tmp_path):
 def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
     tmp_path, tiny_feed, monkeypatch
 ):
-    con = apply_days(tiny_feed, tmp_path / "db.sqlite", range(1, 2))
-    real_scan = main.scan_lines
+    con = replay(tiny_feed, tmp_path / "db.sqlite", range(1, 2))
+    real_process = main.process_blocks
 
-    def scan_while_another_run_commits(*args, **kwargs):
-        monkeypatch.setattr(main, "scan_lines", real_scan)
+    def process_while_another_run_commits(*args, **kwargs):
+        monkeypatch.setattr(main, "process_blocks", real_process)
         other = main.connect(tmp_path / "db.sqlite")
         main.incremental_step(other, tiny_feed, "client_1", 2)
         other.close()
-        yield from real_scan(*args, **kwargs)
+        return real_process(*args, **kwargs)
 
-    monkeypatch.setattr(main, "scan_lines", scan_while_another_run_commits)
+    monkeypatch.setattr(main, "process_blocks", process_while_another_run_commits)
     with pytest.raises(main.ConflictError, match="another run moved the checkpoint"):
         main.incremental_step(con, tiny_feed, "client_1", 2)
     table, _, _ = oracle_for(tiny_feed, "client_1", 2)
@@ -314,8 +290,7 @@ def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
 @pytest.fixture
 def replayed(tiny_feed, tmp_path):
     """A database holding client_1's incremental state after days 1, 2 and 3."""
-    con = main.connect(tmp_path / "db.sqlite")
-    main.ensure_schema(con, print)
+    con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2, 3):
         main.incremental_step(con, tiny_feed, "client_1", day)
     yield con

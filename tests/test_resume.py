@@ -1,4 +1,4 @@
-"""Issue 6: resuming inside the cumulative archive from saved deflate access points."""
+"""Resuming inside the cumulative archive from saved deflate access points."""
 
 from __future__ import annotations
 
@@ -9,24 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import generate, read_csv_bytes
+from conftest import assert_table_matches, fresh_db, generate, oracle_for, read_csv_bytes, state
 from isal import isal_zlib
-from test_main import assert_table_matches, oracle_for
 
 import generate_data
 import main
 
 START = generate_data.dt.date(2025, 10, 1)
-
-
-def fresh_db(path: Path) -> main.Connection:
-    con = main.connect(path)
-    main.ensure_schema(con, print)
-    return con
-
-
-def state(con: main.Connection) -> main.pl.DataFrame:
-    return main.sales_rows(con, "processed_sales", "client_1")
 
 
 def archive(feed: Path, day: int) -> Path:
@@ -57,8 +46,8 @@ def isal_deflate(csv: bytes) -> bytes:
 
 
 def resumed_text(member: main.Member, point: main.AccessPoint) -> tuple[bytes, list]:
-    found: list[main.AccessPoint] = []
-    return b"".join(main.inflate_tracked(member, point, found)), found
+    inflate = main.TrackedInflate(member, point)
+    return b"".join(inflate), inflate.access_points()
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +175,9 @@ def test_points_stay_near_the_end_of_the_stream(limit, four_days, monkeypatch):
     # blocks keeps no point rather than its whole text in memory.
     monkeypatch.setattr(main, "POINT_TAIL_BYTES", limit)
     member = main.locate_member(archive(four_days, 4), 4)
-    found: list[main.AccessPoint] = []
-    text = b"".join(main.inflate_tracked(member, None, found))
+    inflate = main.TrackedInflate(member)
+    text = b"".join(inflate)
+    found = inflate.access_points()
     assert all(p.offset >= len(text) - limit - main.INFLATE_OUT_BYTES for p in found)
     assert bool(found) == (limit > 100_000)  # this feed's blocks hold about 100 KB of text
     for point in found:

@@ -97,6 +97,7 @@ BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at defa
 REJECT_LIMIT = 0.01  # more than 1% of a file's new rows rejected: stop, change nothing
 MEMORY_SAMPLE_S = 0.005  # memory_profiler sampling interval (10 ms or less)
 STAGES = ("read", "verify", "parse", "transform", "write")  # of a pipeline call, in order
+FLAT_LIMIT = 1.25  # a cost whose last sweep day is within 25% of its first did not grow
 SCRATCH_PREFIX = ".bench-"  # + the database's name: a run's scratch folder beside it
 Say = Callable[[str], None]  # where a run reports progress and findings, a line at a time
 Z_OK, Z_STREAM_END, Z_MEM_ERROR, Z_BUF_ERROR, Z_BLOCK = 0, 1, -4, -5, 5
@@ -2275,7 +2276,12 @@ def growth(points: list[dict]) -> dict[str, Any] | None:
                 "last": values[-1],
                 "min": min(values),
                 "max": max(values),
+                "last_over_first": values[-1] / max(values[0], 1e-9),
             }
+    # "Does not grow with history": the incremental run's last day within a quarter of
+    # its first, while the baseline grew by more than that.
+    inc, base = out["incremental_wall_s"], out["baseline_wall_s"]
+    out["incremental_flat"] = inc["last_over_first"] < FLAT_LIMIT < base["last_over_first"]
     return out
 
 
@@ -2705,13 +2711,19 @@ def render_conclusion(results: dict[str, Any]) -> list[str]:
     if grew:
         b, i = grew["baseline_wall_s"], grew["incremental_wall_s"]
         bm, im = grew["baseline_peak_mib"], grew["incremental_peak_mib"]
+        verdict = (
+            "its cost did not grow with history"
+            if grew["incremental_flat"]
+            else f"its time grew {i['last_over_first']:.2f}x too, against the baseline's"
+            f" {b['last_over_first']:.2f}x"
+        )
         lines.append(
             f"- History: from day {grew['first_day']} to day {grew['last_day']} the baseline"
             f" went from {fmt_s(b['first'])} s and {bm['first']:,.0f} MiB to"
-            f" {fmt_s(b['last'])} s and {bm['last']:,.0f} MiB, following the archive; the"
-            f" incremental run stayed between {fmt_s(i['min'])} and {fmt_s(i['max'])} s and"
-            f" between {im['min']:,.0f} and {im['max']:,.0f} MiB: its cost does not grow with"
-            " history."
+            f" {fmt_s(b['last'])} s and {bm['last']:,.0f} MiB ({b['last_over_first']:.2f}x"
+            f" the time); the incremental run stayed between {fmt_s(i['min'])} and"
+            f" {fmt_s(i['max'])} s and between {im['min']:,.0f} and {im['max']:,.0f} MiB:"
+            f" {verdict}."
         )
     lines.append(f"- Parity: {'held' if results['parity']['ok'] else 'FAILED'}.")
     return [*lines, ""]

@@ -9,10 +9,12 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import polars as pl
+import psutil
 import pytest
 from conftest import (
     HAND_SKUS,
@@ -399,7 +401,31 @@ def test_json_carries_the_contract_keys_and_every_try(benchmark_run):
         300,
     )
     assert results["incremental"]["rows_processed"] == 300
-    assert "Line #" not in printed  # no line-by-line tables without memory_profiler
+    for pipeline in ("baseline", "incremental"):  # the stages cover the timed call
+        stages = results[pipeline]["stages_s"]
+        assert set(stages) == set(main.STAGES)
+        assert 0 < sum(stages.values()) <= results[pipeline]["wall_s"]["max"] * 1.001
+    assert "incremental 0." in printed and "x faster" in printed
+
+
+def test_line_tables_only_under_memory_profiler(tmp_path, monkeypatch):
+    # Without memory_profiler's `profile` in builtins, nothing is traced or run again.
+    monkeypatch.setattr(main, "copy_db", lambda *a: pytest.fail("profiled without profiler"))
+    monkeypatch.delattr(main.builtins, "profile", raising=False)
+    cfg = main.BenchConfig(data_dir=tmp_path, client="c", day=2)
+    main.profile_lines(cfg, tmp_path / "state.db", tmp_path)
+    # With it, each pipeline is traced for exactly one call, incremental_step inside.
+    traced, calls = [], []
+
+    def profile(fn):
+        traced.append(fn.__name__)
+        return lambda *args: calls.append((fn.__name__, args[2:]))
+
+    monkeypatch.setattr(main.builtins, "profile", profile, raising=False)
+    monkeypatch.setattr(main, "copy_db", lambda src, dst: None)
+    main.profile_lines(cfg, tmp_path / "state.db", tmp_path)
+    assert traced == ["incremental_step", "run_baseline_benchmark", "run_optimized_benchmark"]
+    assert calls == [("run_baseline_benchmark", ("c", 2)), ("run_optimized_benchmark", ("c", 2))]
 
 
 def test_summary_statistics_on_known_lists():
@@ -417,9 +443,15 @@ def test_summary_statistics_on_known_lists():
 def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
     out, _, _ = benchmark_run
     results = json.loads((out / "r.json").read_text())
-    # Nothing but the record may feed the renderer: no database, no archive, no clock.
-    for name in ("connect", "scan_archive", "sales_rows", "environment"):
-        monkeypatch.setattr(main, name, lambda *a, **k: pytest.fail("renderer recomputed"))
+
+    class Forbidden:
+        def __getattr__(self, name):
+            pytest.fail(f"the renderer used {name}: it may only format the record")
+
+    # Nothing but the record may feed the renderer: no Polars, no database, no clock,
+    # no statistics, no file.
+    for name in ("pl", "sqlite3", "time", "statistics", "Path", "os"):
+        monkeypatch.setattr(main, name, Forbidden())
     assert main.render_report(results) == (out / "results.md").read_text()
 
 
@@ -458,7 +490,8 @@ def test_database_holds_day_n_and_report_is_ascii(benchmark_run, tiny_feed):
     assert con.execute("SELECT last_day FROM ingest_checkpoint").fetchall() == [(3,)]
     table, _, _ = oracle_for(tiny_feed, "client_1", 3)
     assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
-    report = (out / "results.md").read_text(encoding="ascii")
+    report = (out / "results.md").read_text(encoding="utf-8")
+    assert report.isascii(), [c for c in report if not c.isascii()][:5]
     for section in ("## Conditions", "## Parity", "## Top 5 SKU groups", "## California-local"):
         assert section in report
     assert list(out.glob(".bench-*")) == []  # scratch copies are gone
@@ -542,14 +575,20 @@ def corrupt_bytes(path: Path) -> None:
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_leaves_the_db_untouched(
-    damage, message, tiny_feed, benchmark_run, tmp_path, capsys
+    damage, message, tiny_feed, tmp_path, capsys
 ):
     import shutil
 
     data = tmp_path / "data"
     shutil.copytree(tiny_feed, data)
     db = tmp_path / "db.sqlite"
-    shutil.copy(benchmark_run[0] / "db.sqlite", db)
+    con = fresh_db(db)  # a database with rows of its own, which must survive
+    with main.transaction(con):
+        con.execute(
+            "INSERT INTO processed_sales VALUES"
+            " ('other', '2025-10-01', '2025-10-04', 'G', 0, 1, 2.5, 1, 1.0, 2.5, 3, 1.0, 1)"
+        )
+    con.close()
     before = db.read_bytes()
     damage(data)
     capsys.readouterr()
@@ -581,3 +620,70 @@ def test_missing_data_folder_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and "data folder not found" in err and "nope" in err
     assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize("client", ["../data/client_1", "client_1/", "/tmp/client_1", "..", ""])
+def test_client_must_be_a_plain_folder_name(client, tiny_feed, tmp_path, capsys):
+    args = ["--data-dir", str(tiny_feed), "--db", str(tmp_path / "db"), "--client", client]
+    code = main.main([*args, "--day", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "not a client folder name" in err[0], err
+    assert not (tmp_path / "db").exists()
+
+
+def alive(process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def workers_of(pid: int) -> list:
+    found = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "--worker" in child.cmdline():
+                found.append(child)
+    return found
+
+
+def test_a_killed_run_leaves_no_worker_and_the_next_run_removes_its_scratch(medium_feed, tmp_path):
+    db = tmp_path / "db.sqlite"
+    args = ["--data-dir", str(medium_feed), "--db", str(db), "--no-sweep"]
+    args += ["--report", str(tmp_path / "results.md")]
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *args, "--day", "4", "--repeat", "50"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Stop a worker past its start-up (it has asked the kernel to kill it with its
+        # driver by then): stopped, it can only end by that signal.
+        workers, seen, deadline = [], {}, time.monotonic() + 60
+        while not workers and time.monotonic() < deadline and driver.poll() is None:
+            for worker in workers_of(driver.pid):
+                # Ages by our own clock: psutil's create_time can be off by a second.
+                if time.monotonic() - seen.setdefault(worker.pid, time.monotonic()) > 0.5:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        worker.suspend()
+                        workers.append(worker)
+            time.sleep(0.02)
+        assert workers, "no worker process started"
+    finally:
+        driver.kill()  # SIGKILL: the driver cannot clean up after itself
+        driver.wait()
+    gone_by = time.monotonic() + 1.0
+    while any(alive(w) for w in workers) and time.monotonic() < gone_by:
+        time.sleep(0.01)
+    assert not any(alive(w) for w in workers), "a worker outlived its driver by over 1 s"
+    leftovers = list(tmp_path.glob(".bench-db.sqlite-*"))
+    assert len(leftovers) == 1 and leftovers[0].is_dir()
+    # The next run on the same database (the stale pid in its lock file is no obstacle)
+    # removes the leftover, says so, and leaves no scratch of its own.
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main.main([*args, "--day", "2", "--repeat", "1"]) == 0
+    assert f"removed {leftovers[0]}, the scratch folder of a run that did not finish" in (
+        printed.getvalue()
+    )
+    assert list(tmp_path.glob(".bench-*")) == []

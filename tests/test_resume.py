@@ -287,13 +287,13 @@ def truncate(path: Path) -> None:
 @pytest.mark.parametrize(
     ("damage", "error"),
     [
-        pytest.param(lambda p: flip(p, 300), "corrupt", id="corrupt-tail"),
+        pytest.param(lambda p: flip(p, 300), "CRC-32 mismatch", id="corrupt-tail"),
         pytest.param(
             lambda p: flip(p, main.locate_member(p, 3).compressed_size - 50),
-            "corrupt",
+            "corrupt archive, cannot inflate",
             id="corrupt-prefix",
         ),
-        pytest.param(truncate, "truncated", id="truncated"),
+        pytest.param(truncate, "the deflate stream is truncated", id="truncated"),
     ],
 )
 def test_a_damaged_archive_fails_in_one_line_and_changes_nothing(
@@ -310,7 +310,7 @@ def test_a_damaged_archive_fails_in_one_line_and_changes_nothing(
         main.incremental_step(con, feed, "client_1", 3)
     message = str(err.value)
     assert str(archive(feed, 3)) in message and "\n" not in message
-    assert error in message or "CRC-32" in message, message
+    assert error in message, message
     assert main.read_checkpoint(con, "client_1").last_day == 2
     assert state(con).equals(before)  # nothing written
     # Mended, the same step resumes where day 2 left off.
@@ -320,12 +320,14 @@ def test_a_damaged_archive_fails_in_one_line_and_changes_nothing(
     assert_table_matches(state(con), table)
 
 
-def test_a_checkpoint_of_the_earlier_version_reads_whole_once_then_resumes(four_days, tmp_path):
+def test_a_checkpoint_without_piece_ends_or_points_reads_whole_once_then_resumes(
+    four_days, tmp_path
+):
     db = tmp_path / "db.sqlite"
     con = fresh_db(db)
     for day in (1, 2):
         main.incremental_step(con, four_days, "client_1", day)
-    # What the previous version left: no piece_ends column, no access points, and
+    # A checkpoint of the simplest kind: no piece_ends column, no access points, and
     # the plain SHA-256 of the processed CSV as its fingerprint.
     csv = read_csv_bytes(archive(four_days, 2))
     con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN piece_ends")

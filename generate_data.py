@@ -1,6 +1,6 @@
 """Write realistic, cumulative daily client feeds for the incremental benchmark.
 
-Layout and rules: ../shared/CONTRACT.md, section 1. In short, for every client
+Layout and rules: docs/spec.md, section 1. In short, for every client
 and day N, ``data/<client>/transactions_day_N.zip`` holds one CSV whose bytes
 are day N-1's CSV followed by the new rows, plus two static lookups in
 ``data/static``.
@@ -73,7 +73,7 @@ ZLIB_LEVEL = 6  # zipfile's default level, so other readers see an ordinary arch
 SKU_ZIPF_EXPONENT = 1.0  # weights 1/rank^s: about 82% of rows on the top 20% of SKUs
 CA_SHARE = 0.35  # share of real ZIP codes drawn from California (about 6% of all codes)
 
-# zip_code_raw noise: category -> share of rows (see CONTRACT.md section 1).
+# zip_code_raw noise: category -> share of rows (see docs/spec.md section 1).
 ZIP_NOISE = {
     "clean": 0.72,  # 94107
     "plus4": 0.06,  # 94107-1234
@@ -130,7 +130,7 @@ def us_zip_table() -> pl.DataFrame:
         }
     )
     real = real.unique("zip_code", keep="first").sort("zip_code")
-    # 00000 stands for international and unknown codes (CONTRACT.md section 2).
+    # 00000 stands for international and unknown codes (docs/spec.md section 2).
     unknown = pl.DataFrame(
         {"zip_code": ["00000"], "city": ["UNKNOWN"], "state": [""], "zip_type": ["NONE"]}
     )

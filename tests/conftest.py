@@ -36,7 +36,7 @@ def read_csv_bytes(archive: Path) -> bytes:
 
 @pytest.fixture(scope="session")
 def tiny_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2 clients x 3 days, 3,000 + 300 rows, seed 7: what the contract smoke run uses."""
+    """2 clients x 3 days, 3,000 + 300 rows, seed 7: the size of the spec's smoke run."""
     return generate(tmp_path_factory.mktemp("tiny") / "data", *TINY)
 
 

@@ -1,4 +1,4 @@
-"""An independent oracle: the contract's table computed in plain Python (csv, re, datetime).
+"""An independent oracle: the spec's table computed in plain Python (csv, re, datetime).
 
 It shares no code with main.py, so a test comparing the two catches a wrong rule in
 either. Rules: docs/spec.md sections 2 and 3.

@@ -64,7 +64,7 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tiny_feed, tmp
     assert len(differing) == 6  # every archive of both clients
 
 
-def test_layout_matches_the_contract(tiny_feed):
+def test_layout_matches_the_spec(tiny_feed):
     names = sorted(str(p.relative_to(tiny_feed)) for p in tiny_feed.rglob("*") if p.is_file())
     expected = ["static/sku_groups.csv", "static/us_zip_codes.csv"] + [
         f"client_{c}/transactions_day_{d}.zip" for c in (1, 2) for d in (1, 2, 3)
@@ -156,7 +156,7 @@ def test_late_rows_are_dated_one_to_three_days_early(medium_feed):
 
 
 def zip_category(raw: str | None, known: set[str]) -> str:
-    """Independent classifier of zip_code_raw, written from the contract's wording."""
+    """Independent classifier of zip_code_raw, written from the spec's wording."""
     if raw is None or raw.strip() == "":
         return "empty"
     if re.fullmatch(r"\d{5}", raw):

@@ -385,7 +385,7 @@ def benchmark_run(tiny_feed, tmp_path_factory):
 
 
 @pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
-def test_json_carries_the_contract_keys_and_every_try(benchmark_run):
+def test_json_carries_the_spec_keys_and_every_try(benchmark_run):
     out, _, printed = benchmark_run
     results = json.loads((out / "r.json").read_text())
     for pipeline in ("baseline", "incremental"):

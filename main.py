@@ -25,12 +25,14 @@ import argparse
 import builtins
 import collections
 import contextlib
+import csv
 import ctypes
 import ctypes.util
 import datetime as dt
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import platform
@@ -94,6 +96,12 @@ POINT_TAIL_BYTES = 8 << 20  # access points are kept only this close to the stre
 ACCESS_POINTS_KEPT = 3  # block boundaries kept per client: appending a day rewrites the
 # last one or two blocks of the stream, so the latest boundary may not survive it
 BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at default scale
+SUB_BLOCK_BYTES = 1 << 20  # a block that fails Polars' reader is retried in pieces this big
+HEADER_BYTES = 64 << 10  # text read for the header record
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Excel writes before a CSV
+# A quote between two ordinary characters (94"107) opens no field: RFC 4180 quotes whole
+# fields only. Such a record is rejected; the quote does not swallow the lines after it.
+STRAY_QUOTE = re.compile(rb'(?<=[^,\r\n"])"(?=[^,\r\n"])')
 REJECT_LIMIT = 0.01  # more than 1% of a file's new rows rejected: stop, change nothing
 MEMORY_SAMPLE_S = 0.005  # memory_profiler sampling interval (10 ms or less)
 STAGES = ("read", "verify", "parse", "transform", "write")  # of a pipeline call, in order
@@ -111,6 +119,14 @@ COUNTERS = [
     "sku_unmatched",
     "rows_rejected",
 ]
+# The parse stage's rows: where each record starts, its seven fields as text, and for a
+# record that cannot be a row at all, why (then its raw text is kept for rejected_rows).
+PARSED_SCHEMA = {
+    "line_number": pl.Int64,
+    **dict.fromkeys(COLUMNS, pl.String),
+    "reason": pl.String,
+    "raw_line": pl.String,
+}
 # processed_sales (docs/spec.md section 3): each column's SQLite type and its Polars type
 # read back. Everything else about the table (its DDL, the parity reader) derives from this.
 SALES_TABLE: dict[str, tuple[str, Any]] = {
@@ -155,7 +171,8 @@ TABLES = {
         prefix_sha256 TEXT NOT NULL,
         last_transaction_date TEXT,
         updated_at TEXT NOT NULL,
-        piece_ends TEXT
+        piece_ends TEXT,
+        open_quote INTEGER
     """,
     # Where the next run can resume inflating the client's archive (AccessPoint).
     "ingest_access_points": """
@@ -705,6 +722,7 @@ class ReadPlan:
     prior_digest: str | None = None  # the checkpoint's fingerprint
     hashing: bool = False  # compute the fingerprint (the incremental path)
     ends_line: bool = True  # whether the processed bytes end with a newline, when base == skip
+    open_quote: bool = False  # whether they end inside a quoted field (a record still open)
 
 
 class ChainHasher:
@@ -729,40 +747,116 @@ class ChainHasher:
         self.pos += len(data)
 
 
-def check_header(path: Path, first_chunk: bytes) -> int:
-    """Validate the header line; return its length in bytes including the newline."""
-    end = first_chunk.find(b"\n")
+@dataclass(frozen=True)
+class Header:
+    """The feed's header record: its columns, and what it says of the file's dialect."""
+
+    columns: tuple[str, ...]  # every column, in the file's order
+    length: int  # bytes before the first data record (byte-order mark and line end included)
+    lines: int  # lines the header spans (1, unless a quoted name holds a line end)
+    bom: bool  # the file starts with a UTF-8 byte-order mark
+    crlf: bool  # the header ends with CRLF
+    quoted: bool  # the header's first field is quoted
+
+    @property
+    def extras(self) -> list[str]:
+        """Columns the rules do not use: read past, never an error."""
+        return [c for c in self.columns if c not in COLUMNS]
+
+    def dialect(self) -> dict[str, Any]:
+        """How the file is written, for the report."""
+        return {
+            "bom": self.bom,
+            "line_end": "CRLF" if self.crlf else "LF",
+            "header_quoted": self.quoted,
+            "columns_in_order": list(self.columns[: len(COLUMNS)]) == COLUMNS,
+            "extra_columns": self.extras,
+        }
+
+
+def read_header(path: Path, first: bytes) -> Header:
+    """The header record from the first bytes of a CSV; one clear error if it is unusable."""
+    bom = first.startswith(BOM)
+    start = len(BOM) if bom else 0
+    end = first.find(b"\n", start)
+    while end >= 0 and quote_toggles(first, start, end) % 2:  # a newline inside quotes
+        end = first.find(b"\n", end + 1)
     if end < 0:
-        raise InputError(f"{path}: no header line (first {len(first_chunk)} bytes hold no newline)")
-    found = first_chunk[:end].decode("utf-8", "replace").strip().split(",")
-    if found != COLUMNS:
-        missing = [c for c in COLUMNS if c not in found]
-        extra = [c for c in found if c not in COLUMNS]
-        detail = f"missing {missing}" if missing else ""
-        detail += ("; " if detail and extra else "") + (f"unexpected {extra}" if extra else "")
-        raise InputError(
-            f"{path}: header {found} does not match the expected columns "
-            f"({detail or 'same columns, other order'})"
-        )
-    return end + 1
+        raise InputError(f"{path}: no header line (first {len(first):,} bytes hold no record end)")
+    record = first[start:end]
+    crlf = record.endswith(b"\r")
+    text = record.removesuffix(b"\r").decode("utf-8", "replace")
+    try:
+        names = [n.strip() for n in next(csv.reader([text], strict=True))]
+    except (csv.Error, StopIteration) as exc:
+        raise InputError(f"{path}: the header is not a CSV record ({exc})") from None
+    missing = [c for c in COLUMNS if c not in names]
+    doubled = sorted({c for c in COLUMNS if names.count(c) > 1})
+    if missing or doubled:
+        problem = f"lacks column(s) {missing}" if missing else f"repeats column(s) {doubled}"
+        raise InputError(f"{path}: the header {problem} (found: {', '.join(names)})")
+    lines = record.count(b"\n") + 1
+    return Header(tuple(names), end + 1, lines, bom, crlf, record.startswith(b'"'))
+
+
+def member_header(member: Member) -> Header:
+    """A day archive's header, from the first bytes of its CSV member."""
+    with open_member(member) as stream:
+        return read_header(member.path, stream.read(HEADER_BYTES))
+
+
+def quote_toggles(data: bytes | bytearray, start: int, end: int) -> int:
+    """Quotes in data[start:end] that open or close a quoted field: all but stray ones.
+
+    RFC 4180 quotes whole fields, so in a well-formed file every quote opens or
+    closes one (a doubled quote inside a field closes and reopens it). A quote with
+    an ordinary character on either side (94"107) quotes nothing: it is a stray.
+    """
+    quotes = data.count(b'"', start, end)
+    if quotes:  # (a quote at `start` begins a record or follows a line end: never a stray)
+        quotes -= sum(1 for m in STRAY_QUOTE.finditer(data, start, end) if m.start() > start)
+    return quotes
+
+
+def last_record_end(data: bytes | bytearray, start: int = 0) -> int:
+    """Just past the last line end in data[start:] that ends a record; 0 if none does.
+
+    data[start] must begin a record. A newline ends one when the quotes since that
+    record's start open and close evenly; inside a quoted field it is part of the field.
+    """
+    cut = data.rfind(b"\n", start)
+    if cut < 0 or data.find(b'"', start, cut) < 0:
+        return cut + 1
+    inside = quote_toggles(data, start, cut) % 2
+    while inside:
+        before = data.rfind(b"\n", start, cut)
+        if before < 0:
+            return 0
+        inside ^= quote_toggles(data, before, cut) % 2
+        cut = before
+    return cut + 1
 
 
 class LineBlocks:
-    """The CSV text past `plan.skip` in blocks of whole lines, and what reading it learned.
+    """The CSV text past `plan.skip` in blocks of whole records, and what reading it learned.
 
-    Blocks hold complete lines, about BLOCK_BYTES each (the last may lack its final
-    newline), so no pipeline holds more than a block of text and its frames. From the
-    CSV's start, the header is checked and dropped. With `plan.check_digest`, Restated
-    is raised before any block is handed on when the bytes from `plan.base` to
-    `plan.skip` are not the ones processed before. Once every block has been taken:
-    `size` (bytes of the whole CSV) and, when `plan.hashing`, the new `fingerprint`
-    and its piece `ends`; `inflated` counts the bytes read so far at any time.
+    Blocks hold complete records, about BLOCK_BYTES each (the last may lack its final
+    line end), so no pipeline holds more than a block of text and its frames; a line
+    end inside a quoted field never cuts a block. From the CSV's start, the header
+    (`header.length` bytes) is dropped. With `plan.check_digest`, Restated is raised
+    before any block is handed on when the bytes from `plan.base` to `plan.skip` are
+    not the ones processed before. Once every block has been taken: `size` (bytes of
+    the whole CSV), `open_quote` (whether it ends inside a quoted field), `quoted`
+    (whether the new text holds any quote) and, when `plan.hashing`, the new
+    `fingerprint` and its piece `ends`; `inflated` counts the bytes read at any time.
     """
 
-    def __init__(self, path: Path, chunks: Iterable[bytes], plan: ReadPlan) -> None:
-        self.path, self.chunks, self.plan = path, chunks, plan
+    def __init__(self, path: Path, chunks: Iterable[bytes], plan: ReadPlan, header: Header) -> None:
+        self.path, self.chunks, self.plan, self.header = path, chunks, plan, header
         self.size = 0
         self.inflated = 0
+        self.open_quote = plan.open_quote
+        self.quoted = False
         self.fingerprint: str | None = None
         self.ends: list[int] = []
         self.checker = ChainHasher(plan.check_ends, plan.base) if plan.check_digest else None
@@ -772,6 +866,8 @@ class LineBlocks:
             self.fresh = hashlib.sha256(prior)
         self.verified = self.checker is None
         self.ends_line = plan.ends_line
+        # Text before this offset is never handed on: what was processed, and the header.
+        self.emit_from = max(plan.skip, header.length) if plan.base == 0 else plan.skip
 
     def __iter__(self) -> Iterator[bytes]:
         pending = bytearray()
@@ -786,12 +882,13 @@ class LineBlocks:
             del chunk
             if len(pending) >= BLOCK_BYTES:
                 self._verify(pending)
-                cut = pending.rfind(b"\n") + 1
+                cut = last_record_end(pending)
                 if cut:
                     with memoryview(pending) as view:
                         ready.append(bytes(view[:cut]))
                         rest = bytearray(view[cut:])
                     pending = rest
+                    self.quoted = self.quoted or b'"' in ready[-1]
                     yield ready.pop()
         self._finish(pos, pending)
         if pending:
@@ -803,10 +900,7 @@ class LineBlocks:
         """Hash a chunk at CSV offset `pos`; return its part past the processed bytes."""
         skip = self.plan.skip
         split = min(max(skip - pos, 0), len(chunk))  # already-processed bytes in this chunk
-        keep_from = split
-        if pos == 0:
-            header_len = check_header(self.path, chunk)
-            keep_from = header_len if skip == 0 else split
+        keep_from = min(max(self.emit_from - pos, 0), len(chunk))
         with memoryview(chunk) as view:
             if self.checker is not None:
                 self.checker.update(view[:split])
@@ -819,18 +913,19 @@ class LineBlocks:
     def _verify(self, tail: bytearray) -> None:
         """Check the processed bytes once, before their continuation is used."""
         if not self.verified:
-            verify_resume(self.path, self.checker, self.plan.check_digest, self.ends_line, tail)
+            verify_resume(self.path, self.checker, self.plan, self.ends_line, tail)
             self.verified = True
 
     def _finish(self, size: int, tail: bytearray) -> None:
-        """At the CSV's end: the last checks, its size and fingerprint."""
+        """At the CSV's end: the last checks, its size, its last record and fingerprint."""
         plan = self.plan
         self.size = size
-        if size == 0:
-            raise InputError(f"{self.path}: empty CSV member")
         if not self.verified and size < plan.skip:
             raise Restated(f"{self.path}: shorter than the {plan.skip:,} bytes already processed")
         self._verify(tail)
+        if size > plan.skip:  # the tail starts a record: does it end inside quotes?
+            self.open_quote = bool(quote_toggles(tail, 0, len(tail)) % 2)
+            self.quoted = self.quoted or b'"' in tail
         if self.fresh is None:
             return
         if size > plan.skip or not plan.prior_digest:
@@ -842,7 +937,7 @@ class LineBlocks:
 def verify_resume(
     path: Path,
     checker: ChainHasher | None,
-    expect: str | None,
+    plan: ReadPlan,
     ends_line: bool,
     tail: bytearray,
 ) -> None:
@@ -850,10 +945,13 @@ def verify_resume(
 
     If the processed file ended inside its last line (no final newline), that line
     was processed whole: a newline now completes it and is dropped; anything else
-    extended the line, which is a restatement.
+    extended the line, which is a restatement. If it ended inside a quoted field, any
+    continuation extends that record: a restatement too.
     """
-    if checker is not None and checker.digest != expect:
+    if checker is not None and checker.digest != plan.check_digest:
         raise Restated(f"{path}: the bytes already processed have changed")
+    if plan.open_quote and tail:
+        raise Restated(f"{path}: the last record processed (a quoted field left open) was extended")
     if not ends_line and tail:
         ending = re.match(rb"\r?\n", tail)
         if not ending:
@@ -862,8 +960,9 @@ def verify_resume(
 
 
 def scan_archive(path: Path, day: int) -> LineBlocks:
-    """The whole CSV of a day archive in blocks of lines, header dropped (the baseline's read)."""
-    return LineBlocks(path, inflate_all(locate_member(path, day)), ReadPlan())
+    """The whole CSV of a day archive in blocks of records, header dropped (the baseline's read)."""
+    member = locate_member(path, day)
+    return LineBlocks(path, inflate_all(member), ReadPlan(), member_header(member))
 
 
 # === The shared transformation: parse, clean, count, aggregate (both pipelines) ==================
@@ -917,69 +1016,198 @@ class PipelineArtifacts:
     counters: dict[str, int]  # data-quality counters of docs/spec.md section 2
     latest_date: dt.date | None  # latest transaction_date among the rows processed
     rejected: pl.DataFrame  # line_number, reason, raw_line
-    rows_read: int = 0
+    rows_read: int = 0  # records
+    lines_read: int = 0  # lines they span (a quoted field may hold line ends)
 
 
-def split_lines(body: bytes, first_line: int) -> pl.DataFrame:
-    """Parse stage: one row per CSV line with its number, raw text and seven raw fields.
+def parse_block(block: bytes, first_line: int, header: Header) -> tuple[pl.DataFrame, int]:
+    """Parse stage: the block's records as rows of raw fields, and the lines they span.
 
-    Lines, not a CSV reader, so that a row with the wrong number of fields is kept
-    whole (and rejected with its text) instead of failing the read or being padded.
-    Fields are raw strings; no quoting is interpreted (the feed never quotes).
+    Rows carry their line number (where the record starts), the seven fields as
+    strings, a `reason` for records that cannot be rows at all and, for those, their
+    raw text. Polars' CSV reader reads the block first; a block it cannot read, whose
+    shape does not add up, or that holds a rejected record whose raw text the fields
+    cannot give back, is cut into pieces of about SUB_BLOCK_BYTES, and the pieces that
+    still fail are read record by record, so a bad record is rejected alone.
     """
-    if b"\x00" in body:
-        # NUL is our field separator below; in a text feed it is damage: make it visible.
-        body = body.replace(b"\x00", "\ufffd".encode())
-    lines = pl.read_csv(
-        body,
-        encoding="utf8-lossy",  # invalid UTF-8 becomes U+FFFD: the row is judged, not the file
-        has_header=False,
-        separator="\x00",  # a byte that never occurs in a text feed: one field per line
-        quote_char=None,
-        schema={"raw_line": pl.String},
-        raise_if_empty=False,
-    )
-    numbered = lines.lazy().with_row_index("line_number", offset=first_line)
-    numbered = numbered.with_columns(pl.col("line_number").cast(pl.Int64))
-    if b"\r" in body:  # CRLF line ends; without any, stripping would only copy every line
-        numbered = numbered.with_columns(pl.col("raw_line").str.strip_suffix("\r"))
-    return (
-        numbered.with_columns(
-            n_fields=pl.col("raw_line").str.count_matches(",", literal=True) + 1,
-            fields=pl.col("raw_line").str.split_exact(",", len(COLUMNS) - 1),
+    lines = block.count(b"\n") + (1 if block and not block.endswith(b"\n") else 0)
+    rows = fast_parse(block, first_line, header)
+    if rows is None:
+        parts = []
+        for piece, line in pieces(block, first_line):
+            part = fast_parse(piece, line, header)
+            parts.append(part if part is not None else parse_records(piece, line, header))
+        rows = pl.concat(parts) if parts else empty_rows()
+    return rows, lines
+
+
+def empty_rows() -> pl.DataFrame:
+    """The parse stage's columns, without rows."""
+    return pl.DataFrame(schema=PARSED_SCHEMA)
+
+
+def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | None:
+    """The records of `data` through Polars' CSV reader, or None where that is not exact.
+
+    Polars pads a short record with empty fields and reads a blank line as a record
+    of empties, so the shape is checked against the bytes: one line end per record
+    (plus those inside fields) and one comma less than the columns per record (plus
+    those inside fields). Any other trouble (broken quoting, a long record, a stray
+    quote) makes the reader fail or the check differ.
+    """
+    if not data:
+        return empty_rows()
+    quoted = b'"' in data
+    if quoted and (STRAY_QUOTE.search(data) or quote_toggles(data, 0, len(data)) % 2):
+        return None
+    names = [f"column_{i}" for i in range(len(header.columns))]
+    try:
+        frame = pl.read_csv(
+            data,
+            has_header=False,
+            schema=dict.fromkeys(names, pl.String),
+            encoding="utf8-lossy",  # invalid UTF-8 becomes U+FFFD: the row is judged, not the file
+            empty_string_is_null=False,
+            truncate_ragged_lines=False,
+            raise_if_empty=False,
         )
-        .unnest("fields")
-        .rename({f"field_{i}": c for i, c in enumerate(COLUMNS)})
-        # Keep the raw text only where the fields cannot rebuild it (wrong field
-        # count): a second copy of every line would double this stage's memory.
-        .with_columns(raw_line=pl.when(pl.col("n_fields") != len(COLUMNS)).then("raw_line"))
-        .collect(engine="streaming")  # in morsels: less memory than all at once
+    except pl.exceptions.PolarsError:
+        return None
+    inner_lines = inner_commas = None
+    if quoted:  # line ends and commas inside quoted fields, per record
+        inner_lines = pl.sum_horizontal(
+            pl.col(n).str.count_matches("\n", literal=True) for n in names
+        )
+        inner_commas = pl.sum_horizontal(
+            pl.col(n).str.count_matches(",", literal=True) for n in names
+        )
+        frame = frame.with_columns(_lines=inner_lines, _commas=inner_commas)
+    records = frame.height
+    ends = records - (0 if data.endswith(b"\n") else 1)
+    extra_lines = int(frame["_lines"].sum()) if quoted else 0
+    extra_commas = int(frame["_commas"].sum()) if quoted else 0
+    if (
+        data.count(b"\n") != ends + extra_lines
+        or data.count(b",") != records * (len(names) - 1) + extra_commas
+    ):
+        return None
+    line = pl.int_range(pl.len(), dtype=pl.Int64) + first_line
+    if extra_lines:  # a record starts below the lines its predecessors' fields span
+        line += pl.col("_lines").cum_sum().shift(1, fill_value=0).cast(pl.Int64)
+    rows = frame.select(
+        line_number=line,
+        **{c: pl.col(names[header.columns.index(c)]) for c in COLUMNS},
+        reason=pl.lit(None, pl.String),
+        raw_line=pl.lit(None, pl.String),
+    )
+    # A rejected row's raw text is rebuilt from its fields; that is exact only for
+    # unquoted records whose columns are the seven, in order.
+    if (quoted or header.columns != tuple(COLUMNS)) and rows.select(
+        value_reason().is_not_null().any()
+    ).item():
+        return None
+    return rows
+
+
+def pieces(block: bytes, first_line: int) -> Iterator[tuple[bytes, int]]:
+    """The block in pieces of about SUB_BLOCK_BYTES that each hold whole records."""
+    start, line = 0, first_line
+    while start < len(block):
+        size = SUB_BLOCK_BYTES
+        end = len(block)
+        while start + size < len(block):
+            cut = last_record_end(block[start : start + size])
+            if cut:
+                end = start + cut
+                break
+            size *= 2  # one record longer than a piece: take a bigger one
+        piece = block[start:end]
+        yield piece, line
+        line += piece.count(b"\n")
+        start = end
+
+
+def parse_records(data: bytes, first_line: int, header: Header) -> pl.DataFrame:
+    """The records of `data` one by one (Python's csv module): the exact, slow path."""
+    width = len(header.columns)
+    where = [header.columns.index(c) for c in COLUMNS]
+    out: dict[str, list] = {c: [] for c in PARSED_SCHEMA}
+    line = first_line
+    for record in split_records(data):
+        text = record.removesuffix(b"\n").removesuffix(b"\r").decode("utf-8", "replace")
+        fields, reason = record_fields(record, text, width)
+        out["line_number"].append(line)
+        for column, at in zip(COLUMNS, where, strict=True):
+            out[column].append(fields[at] if fields else None)
+        out["reason"].append(reason)
+        out["raw_line"].append(text)  # kept for a rejected row, by values or by shape
+        line += record.count(b"\n") + (0 if record.endswith(b"\n") else 1)
+    return pl.DataFrame(out, schema=PARSED_SCHEMA)
+
+
+def split_records(data: bytes) -> Iterator[bytes]:
+    """The records of `data` (which starts at one), each with its line end if it has one."""
+    start = 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        while end >= 0 and quote_toggles(data, start, end) % 2:
+            end = data.find(b"\n", end + 1)
+        stop = len(data) if end < 0 else end + 1
+        yield data[start:stop]
+        start = stop
+
+
+def record_fields(record: bytes, text: str, width: int) -> tuple[list[str] | None, str | None]:
+    """A record's fields, or why it has none that can be used (its rejection reason)."""
+    if not text:
+        return None, "empty line"
+    if STRAY_QUOTE.search(record):
+        return None, "broken quoting: a quote inside an unquoted field"
+    if quote_toggles(record, 0, len(record)) % 2:
+        return None, "broken quoting: a quoted field is never closed"
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error as exc:
+        return None, f"broken quoting: {exc}"
+    if len(rows) != 1:
+        return None, "broken quoting: one record reads as several"
+    if len(rows[0]) != width:
+        return None, f"wrong column count: {len(rows[0])} instead of {width}"
+    return rows[0], None
+
+
+def typed_columns() -> dict[str, pl.Expr]:
+    """The three values a row needs to be aggregated, typed (null where they do not parse)."""
+    tx = pl.col("transaction_date")
+    revenue = pl.col("revenue_usd").cast(pl.Float64, strict=False)
+    revenue = pl.when(revenue.is_finite()).then(revenue)
+    return {
+        "tx_date": pl.when(tx.str.contains(ISO_DATE)).then(
+            tx.str.to_date("%Y-%m-%d", strict=False)
+        ),
+        "quantity": pl.col("quantity_sold").cast(pl.Int64, strict=False),
+        "revenue_cents": (revenue * 100).round().cast(pl.Int64),
+    }
+
+
+def value_reason(typed: dict[str, pl.Expr] | None = None) -> pl.Expr:
+    """Why a record's values cannot be aggregated (null when they can)."""
+    typed = typed or typed_columns()
+    return (
+        pl.when(typed["tx_date"].is_null())
+        .then(pl.lit("transaction_date is not a valid YYYY-MM-DD date"))
+        .when(typed["quantity"].is_null())
+        .then(pl.lit("quantity_sold is not an integer"))
+        .when(typed["revenue_cents"].is_null())
+        .then(pl.lit("revenue_usd is not a number"))
     )
 
 
 def typed_rows(rows: pl.LazyFrame) -> pl.LazyFrame:
     """Typed columns and a rejection reason (null for rows that parse)."""
-    tx = pl.col("transaction_date")
-    tx_date = pl.when(tx.str.contains(ISO_DATE)).then(tx.str.to_date("%Y-%m-%d", strict=False))
-    revenue = pl.col("revenue_usd").cast(pl.Float64, strict=False)
-    revenue = pl.when(revenue.is_finite()).then(revenue)
-    fields = pl.col("n_fields")
-    empty_line = fields.is_null() | ((fields == 1) & (pl.col("transaction_id") == ""))
-    return rows.with_columns(
-        tx_date=tx_date,
-        quantity=pl.col("quantity_sold").cast(pl.Int64, strict=False),
-        revenue_cents=(revenue * 100).round().cast(pl.Int64),
-    ).with_columns(
-        reason=pl.when(empty_line)
-        .then(pl.lit("empty line"))
-        .when(pl.col("n_fields") != len(COLUMNS))
-        .then(pl.format("wrong column count: {} instead of {}", "n_fields", pl.lit(len(COLUMNS))))
-        .when(pl.col("tx_date").is_null())
-        .then(pl.lit("transaction_date is not a valid YYYY-MM-DD date"))
-        .when(pl.col("quantity").is_null())
-        .then(pl.lit("quantity_sold is not an integer"))
-        .when(pl.col("revenue_cents").is_null())
-        .then(pl.lit("revenue_usd is not a number"))
+    typed = {name: pl.col(name) for name in typed_columns()}
+    return rows.with_columns(**typed_columns()).with_columns(
+        reason=pl.coalesce("reason", value_reason(typed))
     )
 
 
@@ -1071,7 +1299,7 @@ def process_transactions(rows: pl.LazyFrame, client: str, lookups: Lookups) -> P
 
 
 def process_blocks(
-    blocks: Iterable[bytes], first_line: int, client: str, lookups: Lookups, clock: Stopwatch
+    blocks: LineBlocks, first_line: int, client: str, lookups: Lookups, clock: Stopwatch
 ) -> PipelineArtifacts:
     """Parse and transform block after block, then add the partial results up.
 
@@ -1079,21 +1307,22 @@ def process_blocks(
     clocks accumulate over the blocks.
     """
     parts = []
-    pieces = iter(blocks)
+    texts = iter(blocks)
     while True:
         with clock.stage("read"):
-            block = next(pieces, None)
+            block = next(texts, None)
         if block is None:
             break
         with clock.stage("parse"):
-            rows = split_lines(block, first_line)
+            rows, lines = parse_block(block, first_line, blocks.header)
             del block  # the text is in `rows` now
         with clock.stage("transform"):
             parts.append(process_transactions(rows.lazy(), client, lookups))
-        first_line += parts[-1].rows_read
+        parts[-1].lines_read = lines
+        first_line += lines
     with clock.stage("transform"):
         if not parts:  # nothing new: an empty result with the right columns
-            return process_transactions(split_lines(b"", first_line).lazy(), client, lookups)
+            return process_transactions(empty_rows().lazy(), client, lookups)
         return parts[0] if len(parts) == 1 else combine(parts)
 
 
@@ -1116,6 +1345,7 @@ def combine(parts: list[PipelineArtifacts]) -> PipelineArtifacts:
         latest_date=latest,
         rejected=pl.concat([p.rejected for p in parts]),
         rows_read=sum(p.rows_read for p in parts),
+        lines_read=sum(p.lines_read for p in parts),
     )
 
 
@@ -1288,26 +1518,27 @@ class Checkpoint:
     prefix_sha256: str  # fingerprint: SHA-256 chain over the pieces (ReadPlan)
     last_transaction_date: str | None
     ends: list[int]  # where the pieces processed by each run end
+    open_quote: bool = False  # the processed text ends inside a quoted field
 
 
 def read_checkpoint(con: sqlite3.Connection, client: str) -> Checkpoint | None:
     """The client's checkpoint, or None before its first run."""
     row = con.execute(
         "SELECT last_day, bytes_processed, lines_processed, prefix_sha256, last_transaction_date,"
-        " piece_ends FROM ingest_checkpoint WHERE client_id = ?",
+        " piece_ends, open_quote FROM ingest_checkpoint WHERE client_id = ?",
         (client,),
     ).fetchone()
     if not row:
         return None
     # A checkpoint stored without piece ends read its prefix in one piece: plain SHA-256.
     ends = json.loads(row[5]) if row[5] else [row[1]]
-    return Checkpoint(*row[:5], ends)
+    return Checkpoint(*row[:5], ends, bool(row[6]))
 
 
 def write_checkpoint(con: Connection, client: str, cp: Checkpoint) -> None:
     """Store a client's checkpoint (inside the caller's transaction)."""
     con.execute(
-        "INSERT OR REPLACE INTO ingest_checkpoint VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO ingest_checkpoint VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             client,
             cp.last_day,
@@ -1317,6 +1548,7 @@ def write_checkpoint(con: Connection, client: str, cp: Checkpoint) -> None:
             cp.last_transaction_date,
             dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             json.dumps(cp.ends),
+            int(cp.open_quote),
         ),
     )
 
@@ -1455,6 +1687,7 @@ class RunRecord:
     read_mode: str = ""  # incremental: how it read the archive (resumed, read whole, rebuilt)
     top_five: list[dict] = field(default_factory=list)  # of the rows processed (PipelineArtifacts)
     local_split: list[dict] = field(default_factory=list)
+    dialect: dict[str, Any] = field(default_factory=dict)  # how the CSV is written (Header)
 
 
 def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
@@ -1464,7 +1697,7 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
     path = archive_path(data_dir, client, day)
     with clock.stage("read"):
         blocks = scan_archive(path, day)
-    artifacts = process_blocks(blocks, 2, client, lookups, clock)
+    artifacts = process_blocks(blocks, blocks.header.lines + 1, client, lookups, clock)
     with clock.stage("transform"):
         check_rejections(path, artifacts, artifacts.rows_read)
         table = finalize(artifacts.aggregated)
@@ -1483,6 +1716,7 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
         latest_date=iso(artifacts.latest_date),
         top_five=artifacts.top_five.to_dicts(),
         local_split=artifacts.local_split.to_dicts(),
+        dialect={**blocks.header.dialect(), "quoted_fields": blocks.quoted},
     )
 
 
@@ -1512,7 +1746,8 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
         )
     with clock.stage("read"):
         member = locate_member(path, day)
-    new = read_new_rows(con, member, cp, client, day, lookups, clock)
+        header = member_header(member)
+    new = read_new_rows(con, member, header, cp, client, day, lookups, clock)
     artifacts = new.artifacts
     with clock.stage("transform"):
         check_rejections(path, artifacts, artifacts.rows_read)
@@ -1524,10 +1759,11 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     after = Checkpoint(
         last_day=day,
         bytes_processed=new.blocks.size,
-        lines_processed=(kept.lines_processed if kept else 1) + artifacts.rows_read,
+        lines_processed=(kept.lines_processed if kept else header.lines) + artifacts.lines_read,
         prefix_sha256=new.blocks.fingerprint or "",
         last_transaction_date=latest,
         ends=new.blocks.ends,
+        open_quote=new.blocks.open_quote,
     )
     with clock.stage("write"):
         rows_written = merge_new_rows(con, client, cp, after, new, clock)
@@ -1544,6 +1780,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
         read_mode=new.read_mode,
         top_five=artifacts.top_five.to_dicts(),
         local_split=artifacts.local_split.to_dicts(),
+        dialect={**header.dialect(), "quoted_fields": new.blocks.quoted},
     )
 
 
@@ -1628,6 +1865,7 @@ def verified_plan(cp: Checkpoint, point: AccessPoint | None, hashing: bool) -> R
         prior_ends=cp.ends,
         prior_digest=cp.prefix_sha256,
         hashing=hashing,
+        open_quote=cp.open_quote,
     )
     if point is None:
         return plan
@@ -1669,6 +1907,7 @@ class NewRows:
 def read_new_rows(
     con: sqlite3.Connection,
     member: Member,
+    header: Header,
     cp: Checkpoint | None,
     client: str,
     day: int,
@@ -1688,8 +1927,8 @@ def read_new_rows(
     def attempt(plan: ReadPlan, mode: str, **start: Any) -> NewRows:
         nonlocal inflated
         chunks = incremental_inflate(member, **start)
-        blocks = LineBlocks(member.path, chunks, plan)
-        first_line = cp.lines_processed + 1 if cp and plan.skip else 2
+        blocks = LineBlocks(member.path, chunks, plan, header)
+        first_line = cp.lines_processed + 1 if cp and plan.skip else header.lines + 1
         try:
             artifacts = process_blocks(blocks, first_line, client, lookups, clock)
         finally:
@@ -1783,7 +2022,8 @@ def state_matches_archive(
 
     def matches(chunks: Iterable[bytes], point: AccessPoint | None) -> bool:
         try:
-            for _ in LineBlocks(path, chunks, verified_plan(cp, point, False)):
+            plan = verified_plan(cp, point, False)
+            for _ in LineBlocks(path, chunks, plan, member_header(member)):
                 return False  # longer than what was processed
         except Restated:
             return False
@@ -2783,8 +3023,11 @@ def render_report(results: dict[str, Any]) -> str:
 # === Command line ================================================================================
 
 
-def check_inputs(cfg: BenchConfig) -> None:
-    """Fail fast, before any database change, on a missing or unusable input."""
+def check_inputs(cfg: BenchConfig) -> Header:
+    """Fail fast, before any database change, on a missing or unusable input.
+
+    Returns the day-N archive's header.
+    """
     if not cfg.data_dir.is_dir():
         raise InputError(f"{cfg.data_dir}: data folder not found (run generate_data.py first)")
     if cfg.client in ("", ".", "..") or Path(cfg.client).name != cfg.client:
@@ -2797,13 +3040,14 @@ def check_inputs(cfg: BenchConfig) -> None:
     if not folder.is_dir():
         found = sorted(p.name for p in cfg.data_dir.glob("client_*"))
         raise InputError(f"{folder}: no such client folder (found: {', '.join(found) or 'none'})")
-    for d in range(1, cfg.day + 1):
-        path = archive_path(cfg.data_dir, cfg.client, d)
-        with open_member(locate_member(path, d)) as stream:
-            check_header(path, stream.read(READ_CHUNK_BYTES))
+    headers = [
+        member_header(locate_member(archive_path(cfg.data_dir, cfg.client, d), d))
+        for d in range(1, cfg.day + 1)
+    ]
     for option, path in (("--db", cfg.db), ("--report", cfg.report), ("--json", cfg.json_path)):
         if path is not None and not path.resolve().parent.is_dir():
             raise InputError(f"{path}: the folder for {option} does not exist")
+    return headers[-1]
 
 
 @contextlib.contextmanager
@@ -2895,7 +3139,10 @@ def save_day_n(cfg: BenchConfig, final: Path, parity: dict[str, Any], say: Say) 
 
 def run_benchmark(cfg: BenchConfig, say: Say) -> dict[str, Any]:
     """One benchmark run, in the seven steps of the README; returns the results record."""
-    check_inputs(cfg)  # 1. inputs first
+    header = check_inputs(cfg)  # 1. inputs first
+    if header.extras:
+        path = archive_path(cfg.data_dir, cfg.client, cfg.day)
+        say(f"{path}: extra column(s) ignored: {', '.join(header.extras)}")
     with exclusive_run(cfg.db), scratch_folder(cfg.db, say) as scratch:
         state = scratch_state(cfg, scratch)  # 2. a scratch copy
         warmup = populate_historical_data(state, cfg.data_dir, cfg.client, cfg.day, say)  # 3.

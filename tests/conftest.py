@@ -53,6 +53,14 @@ def medium_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 HEADER = (
     "transaction_id,transaction_date,sku_id,quantity_sold,revenue_usd,maturity_date,zip_code_raw"
 )
+PLAIN_HEADER = main.read_header(Path("feed.csv"), (HEADER + "\n").encode())
+
+
+def parsed(body: bytes, first_line: int = 2) -> pl.DataFrame:
+    """The parse stage's rows for CSV records under the spec's own header."""
+    return main.parse_block(body, first_line, PLAIN_HEADER)[0]
+
+
 HAND_ZIPS = {"94107": "CA", "90210": "CA", "10001": "NY", "00000": ""}
 HAND_SKUS = {"SKU-1": "G1", "SKU-2": "G2", "SKU-3": "G1"}
 

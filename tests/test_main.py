@@ -24,6 +24,7 @@ from conftest import (
     assert_table_matches,
     fresh_db,
     oracle_for,
+    parsed,
     read_csv_bytes,
     replay,
     write_feed,
@@ -42,7 +43,7 @@ LOOKUPS = main.Lookups(
 def process(*rows: str) -> main.PipelineArtifacts:
     """process_transactions over hand-written CSV lines (no header)."""
     body = "".join(r + "\n" for r in rows).encode()
-    return main.process_transactions(main.split_lines(body, 2).lazy(), "c", LOOKUPS)
+    return main.process_transactions(parsed(body).lazy(), "c", LOOKUPS)
 
 
 def one_row(row: str) -> tuple[dict, dict[str, int]]:
@@ -212,10 +213,10 @@ def test_crlf_line_ends_give_the_answer_of_lf_line_ends():
     rows = [row(), row(zip_raw=""), row(maturity=""), "1,2025-10-02,SKU-2,3,4.00", row()]
     lf = "".join(r + "\n" for r in rows).encode()
     crlf = "".join(r + "\r\n" for r in rows).encode()
-    a, b = main.split_lines(lf, 2), main.split_lines(crlf, 2)
+    a, b = parsed(lf), parsed(crlf)
     assert a.equals(b)  # no field keeps a "\r", not even the empty last ones
-    assert b["raw_line"].drop_nulls().to_list() == ["1,2025-10-02,SKU-2,3,4.00"]
     art = main.process_transactions(b.lazy(), "c", LOOKUPS)
+    assert art.rejected["raw_line"].to_list() == ["1,2025-10-02,SKU-2,3,4.00"]
     assert art.counters["zip_missing"] == 1 and art.counters["maturity_imputed"] == 1
     assert art.rejected["line_number"].to_list() == [5]
 
@@ -228,7 +229,7 @@ def test_zero_revenue_day_has_share_zero_not_nan():
 
 def test_invalid_utf8_and_nul_bytes_are_judged_per_row():
     body = b"1,2025-10-01,SKU-1,2,10.50,2025-11-01,94\xff107\n2,2025-10-01,SKU-1,1,1.00,,9\x0041\n"
-    art = main.process_transactions(main.split_lines(body, 2).lazy(), "c", LOOKUPS)
+    art = main.process_transactions(parsed(body).lazy(), "c", LOOKUPS)
     assert art.aggregated["order_count"].sum() == 2 and art.counters["rows_rejected"] == 0
     assert art.counters["zip_international"] == 2  # the damage splits the five digits
 
@@ -570,7 +571,10 @@ def corrupt_bytes(path: Path) -> None:
             lambda d: break_member_name(d / "client_1/transactions_day_2.zip"),
             "no member transactions_day_2.csv",
         ),
-        (lambda d: break_header(d / "client_1/transactions_day_2.zip"), "missing ['revenue_usd']"),
+        (
+            lambda d: break_header(d / "client_1/transactions_day_2.zip"),
+            "lacks column(s) ['revenue_usd']",
+        ),
         (lambda d: (d / "static/sku_groups.csv").unlink(), "sku_groups.csv: lookup file not found"),
     ],
 )

@@ -327,9 +327,10 @@ def test_a_checkpoint_without_piece_ends_or_points_reads_whole_once_then_resumes
     con = fresh_db(db)
     for day in (1, 2):
         main.incremental_step(con, four_days, "client_1", day)
-    # A checkpoint of the simplest kind: no piece_ends column, no access points, and
+    # A checkpoint of the simplest kind: no piece_ends or open_quote, no access points, and
     # the plain SHA-256 of the processed CSV as its fingerprint.
     csv = read_csv_bytes(archive(four_days, 2))
+    con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN open_quote")
     con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN piece_ends")
     con.execute("DROP TABLE ingest_access_points")
     con.execute(
@@ -338,7 +339,7 @@ def test_a_checkpoint_without_piece_ends_or_points_reads_whole_once_then_resumes
     con.commit()
     said: list[str] = []
     main.ensure_schema(con, said.append)
-    assert said == ["table ingest_checkpoint gained column(s) piece_ends"]
+    assert said == ["table ingest_checkpoint gained column(s) piece_ends, open_quote"]
     record = main.incremental_step(con, four_days, "client_1", 3)
     assert record.read_mode.startswith("read whole: no access point stored")
     assert "restatement" not in record.note and record.rows_processed == 400

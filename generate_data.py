@@ -61,12 +61,23 @@ class FeedConfig:
     late_fraction: float = 0.0  # share of a day's new rows dated 1 to 3 days early
     start_date: dt.date = dt.date(2025, 10, 1)
     skus: int = 5_000
+    dialect: str = "plain"  # how the CSV is written: a key of DIALECTS
     quiet: bool = False
 
 
 HEADER = (
     "transaction_id,transaction_date,sku_id,quantity_sold,revenue_usd,maturity_date,zip_code_raw"
 )
+# How each dialect writes the CSV: Polars' quote style, the line end, a byte-order mark.
+# plain: unquoted, LF. quoted: every field quoted, CRLF (many exporters). excel: Excel's
+# "CSV UTF-8": BOM, CRLF, quotes only where a field needs them, and some zip_code_raw
+# values that need them (a comma or a quote inside).
+DIALECTS = {
+    "plain": ("necessary", "\n", b""),
+    "quoted": ("always", "\r\n", b""),
+    "excel": ("necessary", "\r\n", b"\xef\xbb\xbf"),
+}
+EXCEL_EVERY = 50  # in excel, 2 rows in 50 (by transaction_id) carry a comma or a quote
 HISTORY_DAYS = 30  # day-1 rows are spread over the 30 days ending on the start date
 CHUNK_ROWS = 250_000  # rows generated at once; part of the seed derivation, keep fixed
 ZLIB_LEVEL = 6  # zipfile's default level, so other readers see an ordinary archive
@@ -321,14 +332,41 @@ def csv_columns() -> list[pl.Expr]:
 
 def day_csv_chunks(cfg: FeedConfig, pools: Pools, client: int, day: int) -> Iterator[bytes]:
     """The CSV bytes that day `day` appends to the feed (with the header on day 1)."""
+    quote_style, line_end, bom = DIALECTS[cfg.dialect]
     if day == 1:
-        yield (HEADER + "\n").encode()
+        names = HEADER.split(",")
+        if quote_style == "always":
+            names = [f'"{name}"' for name in names]
+        yield bom + (",".join(names) + line_end).encode()
     dates = day_dates(cfg, client, day)
     for chunk, start in enumerate(range(0, len(dates), CHUNK_ROWS)):
         frame = generate_chunk(cfg, pools, client, day, chunk, dates[start : start + CHUNK_ROWS])
+        if cfg.dialect == "excel":
+            frame = frame.with_columns(excel_zip())
         # Empty strings are written unquoted (""), so "empty" and "only whitespace" both
         # reach the CSV as the generator meant them.
-        yield frame.write_csv(include_header=False, quote_style="necessary").encode()
+        text = frame.write_csv(
+            include_header=False, quote_style=quote_style, line_terminator=line_end
+        )
+        yield text.encode()
+
+
+def excel_zip() -> pl.Expr:
+    """zip_code_raw as people type it into a spreadsheet: some with a comma or a quote.
+
+    Chosen by transaction_id, not by the random generator, so every dialect draws the
+    same rows and the plain feed stays byte for byte what it was.
+    """
+    raw, tid = pl.col("zip_code_raw"), pl.col("transaction_id")
+    clean = raw.str.contains(r"^[0-9]{5}$").fill_null(False)
+    return (
+        pl.when(clean & (tid % EXCEL_EVERY == 7))
+        .then(raw + ", Apt " + (tid % 97 + 1).cast(pl.String))  # 94107, Apt 4
+        .when(clean & (tid % EXCEL_EVERY == 23))
+        .then(pl.lit('Bldg "B" ') + raw)  # Bldg "B" 94107
+        .otherwise(raw)
+        .alias("zip_code_raw")
+    )
 
 
 # --- Zip writing -------------------------------------------------------------------------
@@ -763,6 +801,13 @@ def parse_args(argv: list[str] | None) -> FeedConfig:
         default=d.skus,
         help=f"SKUs in the catalogue (default: {d.skus:,})",
     )
+    p.add_argument(
+        "--dialect",
+        choices=list(DIALECTS),
+        default=d.dialect,
+        help="plain: unquoted, LF; quoted: every field quoted, CRLF; excel: byte-order mark,"
+        f" CRLF, quotes only where needed (default: {d.dialect})",
+    )
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a = p.parse_args(argv)
     return FeedConfig(
@@ -775,6 +820,7 @@ def parse_args(argv: list[str] | None) -> FeedConfig:
         late_fraction=a.late_fraction,
         start_date=a.start_date,
         skus=a.skus,
+        dialect=a.dialect,
         quiet=a.quiet,
     )
 
@@ -789,7 +835,8 @@ def main(argv: list[str] | None = None) -> int:
 
     echo(
         f"generating {cfg.clients} client(s) x {cfg.days} day(s): {cfg.base_rows:,} rows on day 1, "
-        f"{cfg.daily_rows:,} a day after, seed {cfg.seed}, late fraction {cfg.late_fraction}"
+        f"{cfg.daily_rows:,} a day after, seed {cfg.seed}, late fraction {cfg.late_fraction},"
+        f" {cfg.dialect} CSV"
         f" -> {cfg.out}/"
     )
     started = time.perf_counter()

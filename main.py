@@ -2476,6 +2476,7 @@ def pipeline_figures(warm: RunResult, runs: list[RunResult]) -> dict[str, Any]:
         "resumed_runs": sum(m.startswith("resumed") for m in modes),
         "top_five": last.top_five,
         "local_split": last.local_split,
+        "dialect": last.dialect,
     }
 
 
@@ -2598,6 +2599,7 @@ def build_results(
             "benchmark_date": base["latest_date"],
             "repeat": cfg.repeat,
             "sweep": cfg.sweep,
+            "dialect": base["dialect"],  # of the day-N archive, as the baseline read it whole
             "run_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         },
         "warmup": warmup,
@@ -2634,6 +2636,20 @@ def fmt_s(seconds: float) -> str:
 def fmt_mib(size: int) -> str:
     """Bytes as MiB for a table cell."""
     return f"{size / 2**20:,.1f}"
+
+
+def fmt_dialect(dialect: dict[str, Any]) -> str:
+    """How the CSV was written, in words."""
+    extras = dialect["extra_columns"]
+    return ", ".join(
+        [
+            "byte-order mark" if dialect["bom"] else "no byte-order mark",
+            f"{dialect['line_end']} line ends",
+            "quoted fields" if dialect["quoted_fields"] else "no quoted fields",
+            "columns in order" if dialect["columns_in_order"] else "columns reordered",
+            f"extra columns ignored: {', '.join(extras)}" if extras else "no extra columns",
+        ]
+    )
 
 
 def render_chart(results: dict[str, Any], path: Path) -> None:
@@ -2691,6 +2707,7 @@ def render_conditions(results: dict[str, Any]) -> list[str]:
         f"| rows in the day-{cond['day']} archive | {cond['rows_total']:,} |",
         f"| new rows since day {cond['previous_day']} | {cond['rows_new']:,} |",
         f"| archive CSV size | {fmt_mib(cond['archive_bytes'])} MiB |",
+        f"| CSV dialect read | {fmt_dialect(cond['dialect'])} |",
         f"| repeats (after one untimed warm-up) | {cond['repeat']} |",
         f"| run at | {cond['run_at']} |",
         f"| command | `{env['command']}` |",

@@ -1,17 +1,31 @@
 """An independent oracle: the spec's table computed in plain Python (csv, re, datetime).
 
 It shares no code with main.py, so a test comparing the two catches a wrong rule in
-either. Rules: docs/spec.md sections 2 and 3.
+either. Records are split line by line and read with Python's csv module, not with
+Polars. Rules: docs/spec.md sections 1 (the dialect), 2 and 3.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
 import re
 from collections import defaultdict
 from decimal import Decimal, InvalidOperation
 
-COLUMNS = 7
+NAMES = [
+    "transaction_id",
+    "transaction_date",
+    "sku_id",
+    "quantity_sold",
+    "revenue_usd",
+    "maturity_date",
+    "zip_code_raw",
+]
+COLUMNS = len(NAMES)
+# A quote with an ordinary character on each side quotes nothing (spec section 1).
+STRAY = re.compile(r'(?<=[^,\r\n"])"(?=[^,\r\n"])')
 
 
 def iso_date(text: str) -> dt.date | None:
@@ -63,6 +77,36 @@ def clean_maturity(mat_text: str, tx: dt.date, counters: dict[str, int]) -> dt.d
     return maturity
 
 
+def records(text: str) -> list[tuple[int, str, bool]]:
+    """(line where it starts, text without its line end, quotes left open) of each record."""
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    out, current, start, toggles = [], None, 0, 0
+    for number, line in enumerate(lines, start=1):
+        current, start = (line, number) if current is None else (current + "\n" + line, start)
+        toggles += line.count('"') - len(STRAY.findall(line))
+        if toggles % 2 == 0:
+            out.append((start, current.removesuffix("\r"), False))
+            current, toggles = None, 0
+    if current is not None:  # a quoted field never closed: the record runs to the end
+        out.append((start, current.removesuffix("\r"), True))
+    return out
+
+
+def fields_of(text: str, open_quote: bool, width: int) -> list[str] | None:
+    """A record's fields, or None when it cannot be a row (blank, broken, wrong width)."""
+    if not text or open_quote or STRAY.search(text):
+        return None
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    except csv.Error:
+        return None
+    if len(rows) != 1 or len(rows[0]) != width:
+        return None
+    return rows[0]
+
+
 def expected(
     csv_text: str, client: str, zip_state: dict[str, str], sku_group: dict[str, str]
 ) -> tuple[dict[tuple, dict], dict[str, int], list[tuple[int, str]]]:
@@ -70,21 +114,22 @@ def expected(
     sums: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
     counters: dict[str, int] = defaultdict(int)
     rejected = []
-    lines = csv_text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    for number, line in enumerate(lines[1:], start=2):
-        fields = line.split(",")
-        parsed = parse(fields)
+    (_, header, _), *body = records(csv_text.removeprefix("\ufeff"))
+    names = [n.strip() for n in next(csv.reader([header]))]
+    where = [names.index(n) for n in NAMES]
+    for number, text, open_quote in body:
+        fields = fields_of(text, open_quote, len(names))
+        parsed = parse([fields[i] for i in where]) if fields else None
         if parsed is None:
-            rejected.append((number, line))
+            rejected.append((number, text))
             continue
+        _id, _tx, sku, _q, _r, maturity_text, zip_raw = (fields[i] for i in where)
         tx, qty, cents = parsed
-        zip_code = clean_zip(fields[6], counters)
+        zip_code = clean_zip(zip_raw, counters)
         if zip_code not in zip_state:
             counters["zip_unknown"] += 1
-        maturity = clean_maturity(fields[5], tx, counters)
-        group = sku_group.get(fields[2])
+        maturity = clean_maturity(maturity_text, tx, counters)
+        group = sku_group.get(sku)
         if group is None:
             group = "UNKNOWN"
             counters["sku_unmatched"] += 1

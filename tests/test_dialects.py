@@ -1,0 +1,244 @@
+"""Feeds as clients' tools write them: any RFC 4180 CSV (docs/spec.md section 1)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import (
+    HEADER,
+    assert_table_matches,
+    fresh_db,
+    generate,
+    oracle_for,
+    read_csv_bytes,
+    state,
+    write_feed,
+)
+
+import main
+
+
+@pytest.fixture(scope="module", params=["plain", "quoted", "excel"])
+def dialect_feed(request, tmp_path_factory):
+    """1 client, 4 days, 3,000 + 400 rows, 20% late rows, in each dialect."""
+    return generate(
+        tmp_path_factory.mktemp(request.param) / "data",
+        *["--clients", "1", "--days", "4", "--base-rows", "3000", "--daily-rows", "400"],
+        *["--late-fraction", "0.2", "--seed", "13", "--dialect", request.param],
+    )
+
+
+def write_days(data_dir: Path, texts: list[bytes]) -> Path:
+    """A cumulative feed from the whole CSV bytes of each day (lookups of the hand feed)."""
+    write_feed(data_dir, [[]])  # the static lookups, and a day 1 rewritten below
+    for day, text in enumerate(texts, start=1):
+        archive = main.archive_path(data_dir, "client_1", day)
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(archive.stem + ".csv", text)
+    return data_dir
+
+
+def full_recompute(feed: Path, day: int) -> main.PipelineArtifacts:
+    blocks = main.scan_archive(main.archive_path(feed, "client_1", day), day)
+    lookups = main.load_lookups(feed)
+    return main.process_blocks(
+        blocks, blocks.header.lines + 1, "client_1", lookups, main.Stopwatch()
+    )
+
+
+def rejected(con: main.Connection) -> list[tuple]:
+    rows = con.execute("SELECT line_number, reason, raw_line FROM rejected_rows ORDER BY 1")
+    return rows.fetchall()
+
+
+def test_every_dialect_keeps_parity_with_the_oracle_on_every_day(dialect_feed, tmp_path):
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in range(1, 5):
+        record = main.incremental_step(con, dialect_feed, "client_1", day)
+        if day > 1:  # resumed inside the archive, whatever the dialect
+            assert record.read_mode.startswith("resumed"), record.read_mode
+        table, counters, _ = oracle_for(dialect_feed, "client_1", day)
+        assert_table_matches(state(con), table)
+    full = full_recompute(dialect_feed, 4)
+    assert full.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+    assert full.counters["rows_rejected"] == 0 and full.rows_read == 4200
+    # A rerun is a no-op, an older day is refused, in every dialect.
+    assert main.incremental_step(con, dialect_feed, "client_1", 4).note == "no-op"
+    with pytest.raises(main.StaleDayError):
+        main.incremental_step(con, dialect_feed, "client_1", 3)
+
+
+def test_the_dialects_are_what_they_say(dialect_feed):
+    text = read_csv_bytes(main.archive_path(dialect_feed, "client_1", 2))
+    name = dialect_feed.parent.name.rstrip("0123456789")
+    first = text.split(b"\n", 2)[1]
+    assert text.startswith(main.BOM) == (name == "excel")
+    assert text.count(b"\r\n") == (0 if name == "plain" else text.count(b"\n"))
+    assert first.startswith(b'"1",') == (name == "quoted")
+    if name == "excel":  # some values need their quotes: a comma or a quote inside
+        assert b'"' in text and b", Apt " in text and b'""B""' in text
+    # Cumulative and append-only, in every dialect.
+    assert text.startswith(read_csv_bytes(main.archive_path(dialect_feed, "client_1", 1)))
+
+
+def test_a_restated_day_in_a_quoted_feed_is_rebuilt(dialect_feed, tmp_path):
+    feed = tmp_path / "data"
+    shutil.copytree(dialect_feed, feed)
+    con = fresh_db(tmp_path / "db.sqlite")
+    main.incremental_step(con, feed, "client_1", 1)
+    day2 = main.archive_path(feed, "client_1", 2)
+    text = bytearray(read_csv_bytes(day2))
+    at = text.index(b"\n", 5000) + 1  # a row of day 1 gets another transaction_id
+    at += text[at] == ord('"')
+    text[at] = ord("7") if text[at] != ord("7") else ord("8")
+    with zipfile.ZipFile(day2, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(day2.stem + ".csv", bytes(text))
+    record = main.incremental_step(con, feed, "client_1", 2)
+    assert "restatement detected in client_1 day 2" in record.note
+    table, _, _ = oracle_for(feed, "client_1", 2)
+    assert_table_matches(state(con), table)
+
+
+GOOD = "{i},2025-10-0{d},SKU-{s},{q},{i}.25,2025-12-01,9410{z}"
+
+
+def good_rows(start: int, n: int) -> list[str]:
+    return [
+        GOOD.format(i=i, d=i % 3 + 1, s=i % 3 + 1, q=i % 9 + 1, z=i % 10)
+        for i in range(start, start + n)
+    ]
+
+
+def test_broken_quoting_is_rejected_record_by_record(tmp_path):
+    head = HEADER + "\n"
+    day1 = head + "\n".join(good_rows(1, 150)) + "\n"
+    stray = '151,2025-10-01,SKU-1,2,3.50,2025-12-01,94"107'  # a stray quote mid-field
+    too_long = "152,2025-10-01,SKU-1,2,3.50,2025-12-01,94107,extra"  # eight fields
+    day2 = day1 + stray + "\n" + too_long + "\n" + "\n".join(good_rows(153, 200)) + "\n"
+    feed = write_days(tmp_path / "data", [day1.encode(), day2.encode()])
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2):
+        main.incremental_step(con, feed, "client_1", day)
+    table, _, oracle_rejected = oracle_for(feed, "client_1", 2)
+    assert_table_matches(state(con), table)
+    assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected
+    assert [(n, r) for n, r, _ in rejected(con)] == [
+        (152, "broken quoting: a quote inside an unquoted field"),
+        (153, "wrong column count: 8 instead of 7"),
+    ]
+    full = full_recompute(feed, 2)
+    assert full.rejected["line_number"].to_list() == [152, 153]
+
+
+def test_an_unterminated_quote_at_the_end_of_a_day_is_rejected_then_rebuilt(tmp_path):
+    head = HEADER + "\n"
+    rows = good_rows(1, 300)
+    open_end = '301,2025-10-01,SKU-1,2,3.50,2025-12-01,"94107'  # the day ends inside quotes
+    day1 = head + "\n".join(rows[:200]) + "\n" + open_end
+    day2 = day1 + '"\n' + "\n".join(rows[200:]) + "\n"  # the next day closes it
+    feed = write_days(tmp_path / "data", [day1.encode(), day2.encode()])
+    con = fresh_db(tmp_path / "db.sqlite")
+    main.incremental_step(con, feed, "client_1", 1)
+    assert rejected(con) == [(202, "broken quoting: a quoted field is never closed", open_end)]
+    assert main.read_checkpoint(con, "client_1").open_quote
+    record = main.incremental_step(con, feed, "client_1", 2)
+    assert "a quoted field left open) was extended" in record.note  # rebuilt from the archive
+    table, counters, _ = oracle_for(feed, "client_1", 2)
+    assert counters["rows_rejected"] == 0 and rejected(con) == []
+    assert_table_matches(state(con), table)
+    assert not main.read_checkpoint(con, "client_1").open_quote
+
+
+def multiline_row(i: int) -> str:
+    """A record whose zip_code_raw is quoted and holds a CRLF line end."""
+    return f"{i},2025-10-0{i % 3 + 1},SKU-{i % 3 + 1},{i % 9 + 1},{i}.25,2025-12-01," + (
+        f'"9410{i % 10}\r\nApt {i}"'
+    )
+
+
+def test_quoted_line_ends_across_block_boundaries_keep_lines_and_parity(tmp_path, monkeypatch):
+    # Blocks of ~2 KB and pieces of ~300 bytes: many records hold a line end inside a
+    # quoted field, so cuts fall near them; line numbers count physical lines.
+    monkeypatch.setattr(main, "BLOCK_BYTES", 2_000)
+    monkeypatch.setattr(main, "SUB_BLOCK_BYTES", 300)
+    rows = [
+        multiline_row(i)
+        if i % 4 == 0
+        else GOOD.format(i=i, d=i % 3 + 1, s=i % 3 + 1, q=i % 9 + 1, z=i % 10)
+        for i in range(1, 400)
+    ]
+    rows[250] = "bad,row"  # one rejected record among them: the slow path runs too
+    head = HEADER + "\r\n"
+    texts = [head + "\r\n".join(rows[:n]) + "\r\n" for n in (120, 260, 399)]
+    feed = write_days(tmp_path / "data", [t.encode() for t in texts])
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2, 3):
+        main.incremental_step(con, feed, "client_1", day)
+    table, _, oracle_rejected = oracle_for(feed, "client_1", 3)
+    assert_table_matches(state(con), table)
+    assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected
+    assert oracle_rejected[0][0] == 251 + 1 + 250 // 4  # header + rows + line ends inside
+    full = full_recompute(feed, 3)
+    assert full.rejected["line_number"].to_list() == [oracle_rejected[0][0]]
+    assert main.read_checkpoint(con, "client_1").lines_processed == texts[2].count("\n")
+
+
+def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
+    names = HEADER.split(",")
+    order = [names[6], "store", *names[:6], "note"]
+
+    def reorder(row: str, i: int) -> str:
+        f = row.split(",")
+        return ",".join([f'"{f[6]}"', f"S{i % 3}", *f[:6], '"a, b"'])
+
+    rows = good_rows(1, 400)
+    texts = [
+        (main.BOM + (",".join(order) + "\r\n").encode())
+        + "".join(reorder(r, i) + "\r\n" for i, r in enumerate(rows[:n])).encode()
+        for n in (250, 400)
+    ]
+    feed = write_days(tmp_path / "data", texts)
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2):
+        main.incremental_step(con, feed, "client_1", day)
+    table, counters, _ = oracle_for(feed, "client_1", 2)
+    assert counters["rows_rejected"] == 0 and sum(r["order_count"] for r in table.values()) == 400
+    assert_table_matches(state(con), table)
+    # The extra columns are named once by the run, and the report says what it read.
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["--data-dir", str(feed), "--db", str(out / "db"), "--day", "2", "--repeat", "1"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main.main([*args, "--no-sweep", "--report", str(out / "r.md")]) == 0
+    assert printed.getvalue().count("extra column(s) ignored: store, note") == 1
+    report = (out / "r.md").read_text()
+    said = "byte-order mark, CRLF line ends, quoted fields, columns reordered, extra columns"
+    assert f"| CSV dialect read | {said} ignored: store, note |" in report
+
+
+@pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP zip is not installed here")
+def test_info_zip_archives_keep_parity_and_resume(tmp_path):
+    feed = generate(
+        tmp_path / "data",
+        *["--clients", "1", "--days", "3", "--base-rows", "3000", "--daily-rows", "300"],
+        *["--seed", "17", "--dialect", "excel"],
+    )
+    for day in (1, 2, 3):  # each day re-zipped by Info-ZIP, from the CSV on disk
+        archive = main.archive_path(feed, "client_1", day)
+        csv = archive.with_suffix(".csv")
+        csv.write_bytes(read_csv_bytes(archive))
+        archive.unlink()
+        subprocess.run(["zip", "-q", "-j", str(archive), str(csv)], check=True)
+        csv.unlink()
+    con = fresh_db(tmp_path / "db.sqlite")
+    modes = [main.incremental_step(con, feed, "client_1", d).read_mode for d in (1, 2, 3)]
+    assert modes[0] == "read whole: first run" and modes[2].startswith("resumed"), modes
+    table, _, _ = oracle_for(feed, "client_1", 3)
+    assert_table_matches(state(con), table)

@@ -150,7 +150,19 @@ KILL_POINTS = [
 ]
 
 
-def test_sigkill_anywhere_in_a_step_then_rerun_keeps_parity(late_feed, tmp_path):
+@pytest.fixture(scope="module")
+def late_excel_feed(tmp_path_factory):
+    """late_feed's rows written as Excel writes CSV: BOM, CRLF, quotes where needed."""
+    return generate(
+        tmp_path_factory.mktemp("late_excel") / "data",
+        *["--clients", "1", "--days", "3", "--base-rows", "2000", "--daily-rows", "400"],
+        *["--late-fraction", "0.2", "--seed", "3", "--dialect", "excel"],
+    )
+
+
+@pytest.mark.parametrize("feed_name", ["late_feed", "late_excel_feed"])
+def test_sigkill_anywhere_in_a_step_then_rerun_keeps_parity(feed_name, request, tmp_path):
+    late_feed = request.getfixturevalue(feed_name)
     # One child per point, all at once (their start-up dominates): each dies by SIGKILL
     # inside day 2's step, before, during or after its write.
     children = {}

@@ -99,9 +99,6 @@ BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at defa
 SUB_BLOCK_BYTES = 1 << 20  # a block that fails Polars' reader is retried in pieces this big
 HEADER_BYTES = 64 << 10  # text read for the header record
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Excel writes before a CSV
-# A quote between two ordinary characters (94"107) opens no field: RFC 4180 quotes whole
-# fields only. Such a record is rejected; the quote does not swallow the lines after it.
-STRAY_QUOTE = re.compile(rb'(?<=[^,\r\n"])"(?=[^,\r\n"])')
 REJECT_LIMIT = 0.01  # more than 1% of a file's new rows rejected: stop, change nothing
 MEMORY_SAMPLE_S = 0.005  # memory_profiler sampling interval (10 ms or less)
 STAGES = ("read", "verify", "parse", "transform", "write")  # of a pipeline call, in order
@@ -806,16 +803,15 @@ def member_header(member: Member) -> Header:
 
 
 def quote_toggles(data: bytes | bytearray, start: int, end: int) -> int:
-    """Quotes in data[start:end] that open or close a quoted field: all but stray ones.
+    """Quotes in data[start:end]: each one opens or closes quoting, as for RFC 4180 readers.
 
-    RFC 4180 quotes whole fields, so in a well-formed file every quote opens or
-    closes one (a doubled quote inside a field closes and reopens it). A quote with
-    an ordinary character on either side (94"107) quotes nothing: it is a stray.
+    In a well-formed file quotes come in pairs around a field (a doubled quote inside
+    one closes and reopens it), so a line end ends a record exactly when the quotes
+    before it, from the record's start, are even. An odd quote (94"107) leaves the
+    quoting open up to the next quote: the lines between belong to one record, which
+    is then rejected as broken quoting.
     """
-    quotes = data.count(b'"', start, end)
-    if quotes:  # (a quote at `start` begins a record or follows a line end: never a stray)
-        quotes -= sum(1 for m in STRAY_QUOTE.finditer(data, start, end) if m.start() > start)
-    return quotes
+    return data.count(b'"', start, end)
 
 
 def last_record_end(data: bytes | bytearray, start: int = 0) -> int:
@@ -1052,13 +1048,13 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
     Polars pads a short record with empty fields and reads a blank line as a record
     of empties, so the shape is checked against the bytes: one line end per record
     (plus those inside fields) and one comma less than the columns per record (plus
-    those inside fields). Any other trouble (broken quoting, a long record, a stray
-    quote) makes the reader fail or the check differ.
+    those inside fields). Any other trouble (broken quoting, a long record) makes the
+    reader fail or the check differ.
     """
     if not data:
         return empty_rows()
     quoted = b'"' in data
-    if quoted and (STRAY_QUOTE.search(data) or quote_toggles(data, 0, len(data)) % 2):
+    if quoted and quote_toggles(data, 0, len(data)) % 2:  # a quoted field left open
         return None
     names = [f"column_{i}" for i in range(len(header.columns))]
     try:
@@ -1073,21 +1069,19 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
         )
     except pl.exceptions.PolarsError:
         return None
-    inner_lines = inner_commas = None
-    if quoted:  # line ends and commas inside quoted fields, per record
-        inner_lines = pl.sum_horizontal(
-            pl.col(n).str.count_matches("\n", literal=True) for n in names
-        )
-        inner_commas = pl.sum_horizontal(
-            pl.col(n).str.count_matches(",", literal=True) for n in names
-        )
-        frame = frame.with_columns(_lines=inner_lines, _commas=inner_commas)
     records = frame.height
     ends = records - (0 if data.endswith(b"\n") else 1)
-    extra_lines = int(frame["_lines"].sum()) if quoted else 0
-    extra_commas = int(frame["_commas"].sum()) if quoted else 0
+    newlines = data.count(b"\n")
+    extra_lines = extra_commas = 0
+    if quoted:  # line ends and commas inside quoted fields are not separators
+        inner = [pl.col(n).str.count_matches(",", literal=True).sum() for n in names]
+        extra_commas = sum(frame.select(inner).row(0))
+        if newlines != ends:  # some field holds a line end: which record's lines are longer
+            lines = (pl.col(n).str.count_matches("\n", literal=True) for n in names)
+            frame = frame.with_columns(_lines=pl.sum_horizontal(lines))
+            extra_lines = int(frame["_lines"].sum())
     if (
-        data.count(b"\n") != ends + extra_lines
+        newlines != ends + extra_lines
         or data.count(b",") != records * (len(names) - 1) + extra_commas
     ):
         return None
@@ -1161,8 +1155,6 @@ def record_fields(record: bytes, text: str, width: int) -> tuple[list[str] | Non
     """A record's fields, or why it has none that can be used (its rejection reason)."""
     if not text:
         return None, "empty line"
-    if STRAY_QUOTE.search(record):
-        return None, "broken quoting: a quote inside an unquoted field"
     if quote_toggles(record, 0, len(record)) % 2:
         return None, "broken quoting: a quoted field is never closed"
     try:

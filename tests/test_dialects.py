@@ -118,22 +118,40 @@ def good_rows(start: int, n: int) -> list[str]:
 def test_broken_quoting_is_rejected_record_by_record(tmp_path):
     head = HEADER + "\n"
     day1 = head + "\n".join(good_rows(1, 150)) + "\n"
-    stray = '151,2025-10-01,SKU-1,2,3.50,2025-12-01,94"107'  # a stray quote mid-field
-    too_long = "152,2025-10-01,SKU-1,2,3.50,2025-12-01,94107,extra"  # eight fields
-    day2 = day1 + stray + "\n" + too_long + "\n" + "\n".join(good_rows(153, 200)) + "\n"
+    bad = [
+        '151,2025-10-01,SKU-1,2,3.50,2025-12-01,94"107',  # an odd quote opens quoting...
+        '152,2025-10-01,SKU-1,2,3.50,2025-12-01,94107"',  # ...up to the next: one record
+        "153,2025-10-01,SKU-1,2,3.50,2025-12-01,94107,extra",  # eight fields
+        '154,2025-10-01,SKU-1,2,3.50,2025-12-01,94"1"07',  # even quotes mid-field: literal
+    ]
+    day2 = day1 + "\n".join(bad + good_rows(155, 300)) + "\n"
     feed = write_days(tmp_path / "data", [day1.encode(), day2.encode()])
     con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2):
         main.incremental_step(con, feed, "client_1", day)
-    table, _, oracle_rejected = oracle_for(feed, "client_1", 2)
+    table, counters, oracle_rejected = oracle_for(feed, "client_1", 2)
     assert_table_matches(state(con), table)
+    assert counters["zip_international"] >= 1  # 94"1"07 holds no five digits in a row
     assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected
-    assert [(n, r) for n, r, _ in rejected(con)] == [
-        (152, "broken quoting: a quote inside an unquoted field"),
-        (153, "wrong column count: 8 instead of 7"),
+    assert [(n, r, raw) for n, r, raw in rejected(con)] == [
+        (152, "broken quoting: one record reads as several", "\n".join(bad[:2])),
+        (154, "wrong column count: 8 instead of 7", bad[2]),
     ]
     full = full_recompute(feed, 2)
-    assert full.rejected["line_number"].to_list() == [152, 153]
+    assert full.rejected["line_number"].to_list() == [152, 154]
+
+
+def test_a_quote_left_open_in_a_plain_feed_stops_the_run_in_one_line(tmp_path):
+    # With no later quote to close it, the record runs to the end of the file: far over
+    # the 1% of rejected rows, so the step stops and changes nothing.
+    day1 = HEADER + "\n" + "\n".join(good_rows(1, 150)) + "\n"
+    day2 = day1 + '151,2025-10-01,SKU-1,2,3.50,2025-12-01,94"107\n' + "\n".join(good_rows(152, 50))
+    feed = write_days(tmp_path / "data", [day1.encode(), (day2 + "\n").encode()])
+    con = fresh_db(tmp_path / "db.sqlite")
+    main.incremental_step(con, feed, "client_1", 1)
+    with pytest.raises(main.InputError, match="line 152, broken quoting: a quoted field is never"):
+        main.incremental_step(con, feed, "client_1", 2)
+    assert main.read_checkpoint(con, "client_1").last_day == 1
 
 
 def test_an_unterminated_quote_at_the_end_of_a_day_is_rejected_then_rebuilt(tmp_path):

@@ -866,30 +866,41 @@ class LineBlocks:
         self.emit_from = max(plan.skip, header.length) if plan.base == 0 else plan.skip
 
     def __iter__(self) -> Iterator[bytes]:
-        pending = bytearray()
+        parts: list[bytes] = []  # the text not handed on yet, as it came: joined once
+        size = 0
         # Blocks leave through this list, so that the generator keeps no reference to a
         # block while the pipeline works on it: one copy of the text in memory, not two.
         ready: list[bytes] = []
         pos = self.plan.base
         for chunk in self.chunks:
-            pending += self._new_part(chunk, pos)
+            part = self._new_part(chunk, pos)
             pos += len(chunk)
             self.inflated += len(chunk)
             del chunk
-            if len(pending) >= BLOCK_BYTES:
-                self._verify(pending)
+            if part:
+                parts.append(part)
+                size += len(part)
+            if size >= BLOCK_BYTES:
+                pending = self._verify(b"".join(parts))
+                parts.clear()
                 cut = last_record_end(pending)
+                parts.append(pending[cut:])
+                size = len(parts[0])
                 if cut:
-                    with memoryview(pending) as view:
-                        ready.append(bytes(view[:cut]))
-                        rest = bytearray(view[cut:])
-                    pending = rest
+                    ready.append(pending[:cut] if cut < len(pending) else pending)
+                    del pending
                     self.quoted = self.quoted or b'"' in ready[-1]
                     yield ready.pop()
-        self._finish(pos, pending)
-        if pending:
-            ready.append(bytes(pending))
-            del pending
+        if pos < self.plan.skip:
+            raise Restated(
+                f"{self.path}: shorter than the {self.plan.skip:,} bytes already processed"
+            )
+        tail = self._verify(b"".join(parts))
+        parts.clear()
+        self._finish(pos, tail)
+        if tail:
+            ready.append(tail)
+            del tail
             yield ready.pop()
 
     def _new_part(self, chunk: bytes, pos: int) -> bytes:
@@ -906,22 +917,20 @@ class LineBlocks:
             self.ends_line = chunk[split - 1] == ord("\n")
         return chunk[keep_from:]
 
-    def _verify(self, tail: bytearray) -> None:
-        """Check the processed bytes once, before their continuation is used."""
+    def _verify(self, text: bytes) -> bytes:
+        """Check the processed bytes once, before their continuation is used; the text to use."""
         if not self.verified:
-            verify_resume(self.path, self.checker, self.plan, self.ends_line, tail)
+            text = verify_resume(self.path, self.checker, self.plan, self.ends_line, text)
             self.verified = True
+        return text
 
-    def _finish(self, size: int, tail: bytearray) -> None:
-        """At the CSV's end: the last checks, its size, its last record and fingerprint."""
+    def _finish(self, size: int, tail: bytes) -> None:
+        """At the CSV's end: its size, its last record and its fingerprint."""
         plan = self.plan
         self.size = size
-        if not self.verified and size < plan.skip:
-            raise Restated(f"{self.path}: shorter than the {plan.skip:,} bytes already processed")
-        self._verify(tail)
         if size > plan.skip:  # the tail starts a record: does it end inside quotes?
-            self.open_quote = bool(quote_toggles(tail, 0, len(tail)) % 2)
             self.quoted = self.quoted or b'"' in tail
+            self.open_quote = self.quoted and bool(quote_toggles(tail, 0, len(tail)) % 2)
         if self.fresh is None:
             return
         if size > plan.skip or not plan.prior_digest:
@@ -935,9 +944,9 @@ def verify_resume(
     checker: ChainHasher | None,
     plan: ReadPlan,
     ends_line: bool,
-    tail: bytearray,
-) -> None:
-    """Check the processed bytes before their continuation is used; trim it where needed.
+    tail: bytes,
+) -> bytes:
+    """Check the processed bytes before their continuation is used; the continuation to use.
 
     If the processed file ended inside its last line (no final newline), that line
     was processed whole: a newline now completes it and is dropped; anything else
@@ -952,7 +961,8 @@ def verify_resume(
         ending = re.match(rb"\r?\n", tail)
         if not ending:
             raise Restated(f"{path}: the last line processed was extended")
-        del tail[: ending.end()]
+        return tail[ending.end() :]
+    return tail
 
 
 def scan_archive(path: Path, day: int) -> LineBlocks:

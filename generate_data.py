@@ -58,7 +58,8 @@ class FeedConfig:
     base_rows: int = 1_000_000  # rows in the day-1 archive
     daily_rows: int = 100_000  # new rows appended on each later day
     seed: int = 42
-    late_fraction: float = 0.0  # share of a day's new rows dated 1 to 3 days early
+    late_fraction: float = 0.02  # share of a day's new rows dated 1 to 3 days early: real
+    # feeds carry late-arriving rows, and an incremental pipeline must not lose them
     start_date: dt.date = dt.date(2025, 10, 1)
     skus: int = 5_000
     dialect: str = "plain"  # how the CSV is written: a key of DIALECTS
@@ -787,7 +788,8 @@ def parse_args(argv: list[str] | None) -> FeedConfig:
         "--late-fraction",
         type=late_fraction,
         default=d.late_fraction,
-        help="share of each later day's rows dated 1-3 days early, in [0, 1) (default: 0)",
+        help="share of each later day's rows dated 1-3 days early, in [0, 1)"
+        f" (default: {d.late_fraction})",
     )
     p.add_argument(
         "--start-date",

@@ -393,6 +393,10 @@ def test_json_carries_the_spec_keys_and_every_try(benchmark_run):
         wall = results[pipeline]["wall_s"]
         assert len(wall["runs"]) == 2 and wall["min"] <= wall["median"] <= wall["max"]
         assert results[pipeline]["peak_mib"] > 0
+        # Private data memory is part of the peak; with the library code it makes it up.
+        figures = results[pipeline]
+        assert 0 < figures["data_mib"] <= figures["peak_mib"] + 1
+        assert figures["data_mib"] + figures["file_rss_delta_mib"] >= 0.8 * figures["peak_mib"]
     assert results["parity"]["ok"] is True
     cond = results["conditions"]
     assert (cond["client"], cond["day"], cond["rows_total"], cond["rows_new"]) == (

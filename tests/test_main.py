@@ -433,6 +433,32 @@ def test_line_tables_only_under_memory_profiler(tmp_path, monkeypatch):
     assert calls == [("run_baseline_benchmark", ("c", 2)), ("run_optimized_benchmark", ("c", 2))]
 
 
+@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
+def test_peers_are_measured_alike_and_checked_against_the_baseline(benchmark_run, tiny_feed):
+    out, _, _ = benchmark_run
+    results = json.loads((out / "r.json").read_text())
+    peers = results["peers"]
+    assert set(peers) == {"duckdb", "by_date"}
+    for name, kind in (("duckdb", "full refresh"), ("by_date", "incremental")):
+        assert peers[name]["kind"] == kind and len(peers[name]["wall_s"]["runs"]) == 2
+        assert peers[name]["peak_mib"] > 0 and peers[name]["data_mib"] > 0
+    assert peers["duckdb"]["parity_ok"] is True  # the same rules, another engine
+    # The tiny feed has 2% late rows: the by-date shortcut loses exactly the day's rows
+    # dated on or before the last processed date.
+    text = read_csv_bytes(tiny_feed / "client_1/transactions_day_3.zip").decode()
+    day2 = read_csv_bytes(tiny_feed / "client_1/transactions_day_2.zip").decode()
+    late = [r for r in text[len(day2) :].splitlines() if r.split(",")[1] <= "2025-10-02"]
+    assert len(late) > 0
+    assert peers["by_date"]["parity_ok"] is False
+    assert peers["by_date"]["parity"]["diff"]["rows_lost"] == len(late)
+    best = results["against_the_best"]
+    assert best["fastest"] in best["full_refreshes"] and "by_date" not in best["full_refreshes"]
+    fastest = min([results["baseline"]["wall_s"]["median"], peers["duckdb"]["wall_s"]["median"]])
+    assert best["speedup"] == pytest.approx(fastest / results["incremental"]["wall_s"]["median"])
+    report = (out / "results.md").read_text()
+    assert f"FAILED: {len(late):,} rows lost" in report and "## Against the peers" in report
+
+
 def test_summary_statistics_on_known_lists():
     assert main.summarize([3.0, 1.0, 2.0]) == {
         "median": 2.0,

@@ -55,6 +55,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import polars as pl
 from isal import isal_zlib
 
@@ -99,6 +100,7 @@ ACCESS_POINTS_KEPT = 3  # block boundaries kept per client: appending a day rewr
 # last one or two blocks of the stream, so the latest boundary may not survive it
 BLOCK_BYTES = 128 << 20  # text parsed at once: bounds memory, one block at default scale
 SUB_BLOCK_BYTES = 1 << 20  # a block that fails Polars' reader is retried in pieces this big
+QUOTE, COMMA, CR, LF = b'",\r\n'  # the bytes the quote check looks at around each quote
 HEADER_BYTES = 64 << 10  # text read for the header record
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte-order mark Excel writes before a CSV
 REJECT_LIMIT = 0.01  # more than 1% of a file's new rows rejected: stop, change nothing
@@ -874,6 +876,8 @@ class LineBlocks:
     def __iter__(self) -> Iterator[bytes]:
         parts: list[bytes] = []  # the text not handed on yet, as it came: joined once
         size = 0
+        limit = BLOCK_BYTES  # doubled while no record ends (a quote left open), so the
+        # text is joined and searched O(log n) times, not once per chunk
         # Blocks leave through this list, so that the generator keeps no reference to a
         # block while the pipeline works on it: one copy of the text in memory, not two.
         ready: list[bytes] = []
@@ -886,12 +890,13 @@ class LineBlocks:
             if part:
                 parts.append(part)
                 size += len(part)
-            if size >= BLOCK_BYTES:
+            if size >= limit:
                 pending = self._verify(b"".join(parts))
                 parts.clear()
                 cut = last_record_end(pending)
                 parts.append(pending[cut:])
                 size = len(parts[0])
+                limit = BLOCK_BYTES if cut else 2 * size
                 if cut:
                     ready.append(pending[:cut] if cut < len(pending) else pending)
                     del pending
@@ -1070,8 +1075,10 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
     if not data:
         return empty_rows()
     quoted = b'"' in data
-    if quoted and quote_toggles(data, 0, len(data)) % 2:  # a quoted field left open
+    if quoted and not quotes_well_placed(data):
         return None
+    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+        return None  # a CR alone ends a line for Python's csv module, not for Polars
     names = [f"column_{i}" for i in range(len(header.columns))]
     try:
         frame = pl.read_csv(
@@ -1117,6 +1124,37 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
     ).item():
         return None
     return rows
+
+
+QUOTE_CHECK_BYTES = 16 << 20  # the quote check looks at this much text at a time
+
+
+def quotes_well_placed(data: bytes) -> bool:
+    """Whether every quote opens a field, closes one, or is doubled inside one.
+
+    Polars reads `"941"07` or `"Bldg "B" 94107"` (text after a closing quote) without
+    complaint, dropping quotes; Python's csv module, the exact path, rejects them. So
+    a block goes to Polars only when its quotes are where RFC 4180 puts them, counted
+    from the block's start (a record start): an opening quote (even count before it)
+    follows a comma, a line end, another quote or the start; a closing one (odd) is
+    followed by a comma, CR, LF, another quote or the end. Also false when the quotes
+    are odd: a quoted field is left open.
+    """
+    text = np.frombuffer(data, dtype=np.uint8)
+    last = len(text) - 1
+    seen = 0
+    for start in range(0, len(text), QUOTE_CHECK_BYTES):
+        at = np.flatnonzero(text[start : start + QUOTE_CHECK_BYTES] == QUOTE) + start
+        first = seen % 2  # whether this piece's first quote closes a field
+        opening, closing = at[first::2], at[1 - first :: 2]
+        seen += len(at)
+        before = text[np.maximum(opening - 1, 0)]
+        after = text[np.minimum(closing + 1, last)]
+        starts = (before == COMMA) | (before == LF) | (before == QUOTE) | (opening == 0)
+        ends = (after == COMMA) | (after == CR) | (after == LF) | (after == QUOTE)
+        if not (starts.all() and (ends | (closing == last)).all()):
+            return False
+    return seen % 2 == 0
 
 
 def pieces(block: bytes, first_line: int) -> Iterator[tuple[bytes, int]]:

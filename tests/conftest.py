@@ -93,7 +93,7 @@ def oracle_for(feed: Path, client: str, day: int) -> tuple[dict, dict, list]:
     """The oracle's (table, counters, rejected) for one day's whole archive."""
     zips = pl.read_csv(feed / "static/us_zip_codes.csv", infer_schema=False)
     skus = pl.read_csv(feed / "static/sku_groups.csv", infer_schema=False)
-    text = read_csv_bytes(feed / client / f"transactions_day_{day}.zip").decode()
+    text = read_csv_bytes(feed / client / f"transactions_day_{day}.zip").decode("utf-8", "replace")
     return expected(
         text,
         client,

@@ -44,7 +44,7 @@ def parse(fields: list[str]) -> tuple[dt.date, int, int] | None:
     try:
         qty = int(fields[3])
         cents = int((Decimal(fields[4]) * 100).to_integral_value())
-    except (ValueError, InvalidOperation):
+    except (ValueError, InvalidOperation, OverflowError):  # not a number, or not finite
         return None
     return (tx, qty, cents) if tx is not None else None
 
@@ -159,7 +159,7 @@ def table_of(sums: dict[tuple, list[int]]) -> dict[tuple, dict]:
             "days_to_maturity": (
                 dt.date.fromisoformat(key[2]) - dt.date.fromisoformat(key[1])
             ).days,
-            "revenue_share_of_day": cents / day_cents[key[:2]],
+            "revenue_share_of_day": cents / day_cents[key[:2]] if day_cents[key[:2]] else 0.0,
             "revenue_rank": ranks.index(cents) + 1,
         }
     return table

@@ -260,3 +260,49 @@ def test_info_zip_archives_keep_parity_and_resume(tmp_path):
     assert modes[0] == "read whole: first run" and modes[2].startswith("resumed"), modes
     table, _, _ = oracle_for(feed, "client_1", 3)
     assert_table_matches(state(con), table)
+
+
+@pytest.mark.parametrize(
+    ("zip_raw", "rejected_alone"),
+    [
+        ('"941"07""', True),  # text after a closing quote: Polars would drop the quotes
+        ('"Bldg "B" 94107"', True),  # quotes inside a quoted field, not doubled
+        ("94\r107", True),  # a CR alone: a line end for the csv module, not for Polars
+        ("94107\r\r", False),  # CR CR LF: the csv module ends the row at the first CR;
+        # Polars would keep a CR in the field
+    ],
+)
+def test_records_polars_would_misread_are_read_the_exact_way_however_the_text_is_cut(
+    zip_raw, rejected_alone, tmp_path
+):
+    # Day 1 holds the odd record among good ones (read by the fast path if it let it
+    # through); day 2 adds a bad record, so the full recompute's single block takes the
+    # exact path. Both must agree with each other and with the oracle.
+    row = f"1000,2025-10-01,SKU-1,2,3.50,2025-12-01,{zip_raw}"
+    day1 = HEADER + "\n" + "\n".join(good_rows(1, 150)) + "\n" + row + "\n"
+    day2 = day1 + "\n".join(good_rows(200, 150)) + "\nbad,row\n"
+    feed = write_days(tmp_path / "data", [day1.encode(), day2.encode()])
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2):
+        main.incremental_step(con, feed, "client_1", day)
+    table, _, oracle_rejected = oracle_for(feed, "client_1", 2)
+    assert_table_matches(state(con), table)
+    assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected
+    assert (oracle_rejected[0][0] == 152) == rejected_alone  # rejected alone, or read
+    full = full_recompute(feed, 2)
+    assert full.rejected["line_number"].to_list() == [n for n, _ in oracle_rejected]
+
+
+def test_a_quote_left_open_does_not_make_reading_quadratic(tmp_path, monkeypatch):
+    # No record ends after an open quote: the text must not be joined and searched
+    # again for every chunk read, only each time it has doubled.
+    monkeypatch.setattr(main, "BLOCK_BYTES", 1_000)
+    searches = []
+    real = main.last_record_end
+    monkeypatch.setattr(main, "last_record_end", lambda *a: searches.append(1) or real(*a))
+    text = HEADER + "\n" + '1,2025-10-01,SKU-1,2,3.50,2025-12-01,"94107\n' + "x" * 400_000
+    chunks = [text.encode()[i : i + 1_000] for i in range(0, len(text), 1_000)]
+    header = main.read_header(Path("x.csv"), chunks[0])
+    blocks = main.LineBlocks(Path("x.csv"), chunks, main.ReadPlan(), header)
+    assert sum(len(b) for b in blocks) == len(text) - header.length
+    assert blocks.open_quote and len(searches) <= 12  # log2(400) + 1, not 400

@@ -1077,7 +1077,7 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
     quoted = b'"' in data
     if quoted and not quotes_well_placed(data):
         return None
-    if b"\r" in data and data.count(b"\r") != data.count(b"\r\n"):
+    if b"\r" in data and lone_cr(data):
         return None  # a CR alone ends a line for Python's csv module, not for Polars
     names = [f"column_{i}" for i in range(len(header.columns))]
     try:
@@ -1155,6 +1155,13 @@ def quotes_well_placed(data: bytes) -> bool:
         if not (starts.all() and (ends | (closing == last)).all()):
             return False
     return seen % 2 == 0
+
+
+def lone_cr(data: bytes) -> bool:
+    """Whether some CR in `data` is not followed by LF."""
+    text = np.frombuffer(data, dtype=np.uint8)
+    at = np.flatnonzero(text == CR)
+    return bool(len(at)) and (at[-1] == len(text) - 1 or bool((text[at + 1] != LF).any()))
 
 
 def pieces(block: bytes, first_line: int) -> Iterator[tuple[bytes, int]]:
@@ -1858,8 +1865,6 @@ def merge_new_rows(
     Also stores the rejected rows, the next checkpoint and the next access points. A
     rebuilt client's rows are all replaced.
     """
-    aggregated = new.artifacts.aggregated
-    touched = sorted({str(d) for d in aggregated["transaction_date"].unique()})
     with transaction(con):
         if read_checkpoint(con, client) != started_from:
             raise ConflictError(
@@ -1868,15 +1873,25 @@ def merge_new_rows(
             )
         if new.rebuilt or started_from is None:
             delete_client(con, client, STATE_TABLES)
-        # The merge reads the stored rows of the touched days inside the transaction,
-        # so no other writer can change them between the read and the write.
-        with clock.stage("transform"):
-            merged = pl.concat([existing_days(con, client, touched), aggregated])
-            table = finalize(sum_additive(merged))
-        replace_days(con, client, touched, table)
+        written = merge_days(con, client, new.artifacts.aggregated, clock)
         write_frame(con, "rejected_rows", rejected_frame(new.artifacts, client, after.last_day))
         write_checkpoint(con, client, after)
         write_access_points(con, client, new.points)
+    return written
+
+
+def merge_days(con: Connection, client: str, aggregated: pl.DataFrame, clock: Stopwatch) -> int:
+    """Add new aggregates to the stored rows of the days they touch (inside the caller's
+    transaction): additive columns summed, derived ones recomputed; rows written.
+
+    The stored rows are read inside the transaction, so no other writer can change
+    them between the read and the write.
+    """
+    touched = sorted({str(d) for d in aggregated["transaction_date"].unique()})
+    with clock.stage("transform"):
+        merged = pl.concat([existing_days(con, client, touched), aggregated])
+        table = finalize(sum_additive(merged))
+    replace_days(con, client, touched, table)
     return table.height
 
 
@@ -2230,18 +2245,14 @@ def run_by_date(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
         after = pl.col("transaction_date") > since if since else None
         first = blocks.header.lines + 1
         artifacts = process_blocks(blocks, first, client, lookups, clock, keep=after)
-        touched = sorted({str(d) for d in artifacts.aggregated["transaction_date"].unique()})
         with clock.stage("write"), transaction(con):
-            with clock.stage("transform"):
-                merged = pl.concat([existing_days(con, client, touched), artifacts.aggregated])
-                table = finalize(sum_additive(merged))
-            replace_days(con, client, touched, table)
+            written = merge_days(con, client, artifacts.aggregated, clock)
     return RunRecord(
         pipeline="by_date",
         stages_s=clock.stages_s,
         counters=artifacts.counters,
         rows_processed=artifacts.rows_read,
-        rows_written=table.height,
+        rows_written=written,
         bytes_inflated=blocks.inflated,
         archive_bytes=blocks.size,
         latest_date=iso(artifacts.latest_date),

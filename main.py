@@ -1412,13 +1412,17 @@ def combine(parts: list[PipelineArtifacts]) -> PipelineArtifacts:
     )
 
 
-def check_rejections(path: Path, artifacts: PipelineArtifacts, new_rows: int) -> None:
-    """Stop (changing nothing) when more than 1% of a file's new rows cannot be parsed."""
-    rejected = artifacts.counters["rows_rejected"]
-    if new_rows and rejected / new_rows > REJECT_LIMIT:
+def check_rejections(path: Path, artifacts: PipelineArtifacts, which: str) -> None:
+    """Stop (changing nothing) when more than 1% of the rows read cannot be parsed.
+
+    `which` names them for the message: the baseline reads "rows", the incremental
+    pipeline "new rows".
+    """
+    rejected, read = artifacts.counters["rows_rejected"], artifacts.rows_read
+    if read and rejected / read > REJECT_LIMIT:
         sample = artifacts.rejected.row(0, named=True)
         raise InputError(
-            f"{path}: {rejected:,} of {new_rows:,} new rows cannot be parsed "
+            f"{path}: {rejected:,} of {read:,} {which} cannot be parsed "
             f"(over {REJECT_LIMIT:.0%}); first: line {sample['line_number']}, {sample['reason']}"
         )
 
@@ -1767,7 +1771,7 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
         blocks = scan_archive(path, day)
     artifacts = process_blocks(blocks, blocks.header.lines + 1, client, lookups, clock)
     with clock.stage("transform"):
-        check_rejections(path, artifacts, artifacts.rows_read)
+        check_rejections(path, artifacts, "rows")
         table = finalize(artifacts.aggregated)
     with clock.stage("write"), contextlib.closing(connect(db)) as con, transaction(con):
         delete_client(con, client, FULL_REFRESH_TABLES)
@@ -1818,7 +1822,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     new = read_new_rows(con, member, header, cp, client, day, lookups, clock)
     artifacts = new.artifacts
     with clock.stage("transform"):
-        check_rejections(path, artifacts, artifacts.rows_read)
+        check_rejections(path, artifacts, "new rows")
     kept = None if new.rebuilt else cp  # the state the new rows add to
     latest = max(
         [d for d in (kept and kept.last_transaction_date, iso(artifacts.latest_date)) if d],

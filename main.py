@@ -195,6 +195,7 @@ TABLES = {
     "processed_sales_full_refresh": SALES_COLUMNS,
     "rejected_rows_full_refresh": REJECTED_COLUMNS,
 }
+CLUSTERED_TABLES = ("processed_sales", "processed_sales_full_refresh")
 STATE_TABLES = ("processed_sales", "rejected_rows", "ingest_checkpoint", "ingest_access_points")
 FULL_REFRESH_TABLES = ("processed_sales_full_refresh", "rejected_rows_full_refresh")
 
@@ -1538,8 +1539,20 @@ def transaction(con: Connection) -> Iterator[Connection]:
 
 
 def table_shape(con: sqlite3.Connection, name: str) -> list[tuple]:
-    """Column names, types, NOT NULL and key positions of a table: its comparable shape."""
-    return [(r[1], r[2], r[3], r[5]) for r in con.execute(f"PRAGMA table_info({name})")]
+    """Column names, types, NOT NULL and key positions of a table, and whether its rows
+    are stored in key order (WITHOUT ROWID): its comparable shape."""
+    columns = [(r[1], r[2], r[3], r[5]) for r in con.execute(f"PRAGMA table_info({name})")]
+    sql = con.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
+    # First, so that a table of the other kind never looks like one lacking columns.
+    return [("WITHOUT ROWID", "", 0, 0), *columns] if sql and "WITHOUT ROWID" in sql[0] else columns
+
+
+def table_ddl(name: str) -> str:
+    """CREATE TABLE of one of TABLES. The sales tables store their rows in key order:
+    one B-tree instead of a table and its key index, and the rows of a day together,
+    which is what the merge reads back, deletes and rewrites."""
+    clustered = " WITHOUT ROWID" if name in CLUSTERED_TABLES else ""
+    return f"CREATE TABLE IF NOT EXISTS {name} ({TABLES[name]}){clustered}"
 
 
 def ensure_schema(con: Connection, say: Callable[[str], None]) -> None:
@@ -1553,8 +1566,8 @@ def ensure_schema(con: Connection, say: Callable[[str], None]) -> None:
     reference = sqlite3.connect(":memory:")
     moved = []
     with transaction(con):
-        for name, columns in TABLES.items():
-            reference.execute(f"CREATE TABLE {name} ({columns})")
+        for name in TABLES:
+            reference.execute(table_ddl(name))
             current, wanted = table_shape(con, name), table_shape(reference, name)
             added = wanted[len(current) :]
             nullable = all(not notnull and not key for _, _, notnull, key in added)
@@ -1569,7 +1582,7 @@ def ensure_schema(con: Connection, say: Callable[[str], None]) -> None:
                 con.execute(f"ALTER TABLE {name} RENAME TO {aside}")
                 say(f"table {name} had another schema: renamed to {aside}, created anew")
                 moved.append(name)
-            con.execute(f"CREATE TABLE IF NOT EXISTS {name} ({columns})")
+            con.execute(table_ddl(name))
         if moved and "ingest_checkpoint" not in moved:
             con.execute("DELETE FROM ingest_checkpoint")
     reference.close()

@@ -333,13 +333,13 @@ def test_parity_check_catches_a_changed_value(replayed, tiny_feed):
     with main.transaction(replayed):
         main.write_frame(replayed, "processed_sales_full_refresh", table)
     assert main.check_parity(replayed, "client_1")["ok"]
+    first, last = table.row(0, named=True), table.row(-1, named=True)
+    where = " AND ".join(f"{k} = :{k}" for k in main.KEY)
     replayed.execute(
-        "UPDATE processed_sales SET total_revenue = total_revenue + 0.01"
-        " WHERE rowid = (SELECT MIN(rowid) FROM processed_sales)"
+        f"UPDATE processed_sales SET total_revenue = total_revenue + 0.01 WHERE {where}",
+        {k: first[k] for k in main.KEY},
     )
-    replayed.execute(
-        "DELETE FROM processed_sales WHERE rowid = (SELECT MAX(rowid) FROM processed_sales)"
-    )
+    replayed.execute(f"DELETE FROM processed_sales WHERE {where}", {k: last[k] for k in main.KEY})
     result = main.check_parity(replayed, "client_1")
     assert not result["ok"]
     assert main.check_parity(replayed, "nobody")["ok"]  # two empty sides are equal
@@ -364,7 +364,10 @@ def test_legacy_table_is_renamed_aside_not_dropped(tmp_path, capsys):
     aside = [n for n in names if n.startswith("processed_sales_legacy_")]
     assert len(aside) == 1
     assert con.execute(f"SELECT * FROM {aside[0]}").fetchall() == [("old", 1.5)]
-    assert main.table_shape(con, "processed_sales")[0] == ("client_id", "TEXT", 1, 1)
+    assert main.table_shape(con, "processed_sales")[:2] == [
+        ("WITHOUT ROWID", "", 0, 0),
+        ("client_id", "TEXT", 1, 1),
+    ]
     assert "renamed to processed_sales_legacy_" in capsys.readouterr().out
     main.ensure_schema(con, print)  # a second look finds nothing to move
     assert "renamed" not in capsys.readouterr().out
@@ -721,3 +724,27 @@ def test_a_killed_run_leaves_no_worker_and_the_next_run_removes_its_scratch(medi
         printed.getvalue()
     )
     assert list(tmp_path.glob(".bench-*")) == []
+
+
+def test_sales_tables_keep_rows_in_key_order_and_older_ones_are_set_aside(tmp_path, capsys):
+    # The sales tables are WITHOUT ROWID (rows stored in key order, one B-tree). A table
+    # of the same columns stored the other way is renamed aside, never dropped, and
+    # the checkpoints are cleared so that the next run rebuilds the state.
+    path = tmp_path / "db.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(f"CREATE TABLE processed_sales ({main.SALES_COLUMNS})")  # a rowid table
+    old.execute(f"CREATE TABLE ingest_checkpoint ({main.TABLES['ingest_checkpoint']})")
+    old.execute(
+        "INSERT INTO ingest_checkpoint (client_id, last_day, bytes_processed,"
+        " lines_processed, prefix_sha256, updated_at) VALUES ('c', 1, 1, 1, 'x', 'now')"
+    )
+    old.commit()
+    old.close()
+    con = fresh_db(path)
+    sql = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+    assert sql["processed_sales"].endswith("WITHOUT ROWID")
+    assert sql["processed_sales_full_refresh"].endswith("WITHOUT ROWID")
+    assert "WITHOUT ROWID" not in sql["ingest_checkpoint"]
+    assert any(n.startswith("processed_sales_legacy_") for n in sql)
+    assert main.read_checkpoint(con, "c") is None
+    assert "processed_sales had another schema: renamed to" in capsys.readouterr().out

@@ -17,6 +17,7 @@ from conftest import (
     generate,
     oracle_for,
     read_csv_bytes,
+    replay,
     state,
     write_feed,
 )
@@ -126,9 +127,7 @@ def test_broken_quoting_is_rejected_record_by_record(tmp_path):
     ]
     day2 = day1 + "\n".join(bad + good_rows(155, 300)) + "\n"
     feed = write_days(tmp_path / "data", [day1.encode(), day2.encode()])
-    con = fresh_db(tmp_path / "db.sqlite")
-    for day in (1, 2):
-        main.incremental_step(con, feed, "client_1", day)
+    con = replay(feed, tmp_path / "db.sqlite", [1, 2])
     table, counters, oracle_rejected = oracle_for(feed, "client_1", 2)
     assert_table_matches(state(con), table)
     assert counters["zip_international"] >= 1  # 94"1"07 holds no five digits in a row
@@ -195,9 +194,7 @@ def test_quoted_line_ends_across_block_boundaries_keep_lines_and_parity(tmp_path
     head = HEADER + "\r\n"
     texts = [head + "\r\n".join(rows[:n]) + "\r\n" for n in (120, 260, 399)]
     feed = write_days(tmp_path / "data", [t.encode() for t in texts])
-    con = fresh_db(tmp_path / "db.sqlite")
-    for day in (1, 2, 3):
-        main.incremental_step(con, feed, "client_1", day)
+    con = replay(feed, tmp_path / "db.sqlite", [1, 2, 3])
     table, _, oracle_rejected = oracle_for(feed, "client_1", 3)
     assert_table_matches(state(con), table)
     assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected
@@ -222,9 +219,7 @@ def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
         for n in (250, 400)
     ]
     feed = write_days(tmp_path / "data", texts)
-    con = fresh_db(tmp_path / "db.sqlite")
-    for day in (1, 2):
-        main.incremental_step(con, feed, "client_1", day)
+    con = replay(feed, tmp_path / "db.sqlite", [1, 2])
     table, counters, _ = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 0 and sum(r["order_count"] for r in table.values()) == 400
     assert_table_matches(state(con), table)
@@ -282,9 +277,7 @@ def test_records_polars_would_misread_are_read_the_exact_way_however_the_text_is
     day1 = HEADER + "\n" + "\n".join(good_rows(1, 150)) + "\n" + row + "\n"
     day2 = day1 + "\n".join(good_rows(200, 150)) + "\nbad,row\n"
     feed = write_days(tmp_path / "data", [day1.encode(), day2.encode()])
-    con = fresh_db(tmp_path / "db.sqlite")
-    for day in (1, 2):
-        main.incremental_step(con, feed, "client_1", day)
+    con = replay(feed, tmp_path / "db.sqlite", [1, 2])
     table, _, oracle_rejected = oracle_for(feed, "client_1", 2)
     assert_table_matches(state(con), table)
     assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected

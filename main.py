@@ -36,6 +36,7 @@ import io
 import json
 import os
 import platform
+import queue
 import re
 import resource
 import shutil
@@ -100,6 +101,7 @@ MATURITY_DEFAULT_DAYS = 3  # imputed maturity_date = transaction_date + 3 days
 ISO_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"  # ASCII digits: \d would take any script's
 READ_CHUNK_BYTES = 1 << 20  # compressed bytes read at once; text handed on at once
 INFLATE_OUT_BYTES = 256 << 10  # text inflated per call at most
+PREFETCH_CHUNKS = 4  # inflated chunks a read may run ahead of the parse (at most 4 MiB each)
 WINDOW_BYTES = 32 << 10  # deflate back-references reach 32 KiB back
 POINT_TAIL_BYTES = 8 << 20  # access points are kept only this close to the stream's end
 ACCESS_POINTS_KEPT = 3  # block boundaries kept per client: appending a day rewrites the
@@ -852,6 +854,49 @@ def last_record_end(data: bytes | bytearray, start: int = 0) -> int:
     return cut + 1
 
 
+def prefetched(chunks: Iterable[bytes], depth: int = PREFETCH_CHUNKS) -> Iterator[bytes]:
+    """The chunks of `chunks`, produced on a thread up to `depth` chunks ahead of the caller.
+
+    Both inflaters (ISA-L, and zlib through ctypes) release the GIL, so the next text
+    inflates while Polars parses the block before it. An error in the producer is
+    raised here, in the caller; when the caller stops early (or fails), the producer is
+    stopped and joined before this generator closes, and `chunks` is closed with it.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def hand(item: Any) -> bool:
+        """Put one item in the queue unless the caller has gone; whether it went."""
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                handoff.put(item, timeout=0.05)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not hand(chunk):
+                    return
+            hand(done)
+        except BaseException as exc:  # re-raised in the caller's thread
+            hand(exc)
+
+    thread = threading.Thread(target=produce, name="inflate", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+        if hasattr(chunks, "close"):  # a generator the producer left suspended
+            chunks.close()
+
+
 class LineBlocks:
     """The CSV text past `plan.skip` in blocks of whole records, and what reading it learned.
 
@@ -885,6 +930,12 @@ class LineBlocks:
         self.emit_from = max(plan.skip, header.length) if plan.base == 0 else plan.skip
 
     def __iter__(self) -> Iterator[bytes]:
+        # Closed with this generator, so a read stopped early stops its inflating thread.
+        with contextlib.closing(prefetched(self.chunks)) as chunks:
+            yield from self._blocks(chunks)
+
+    def _blocks(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Cut the text into blocks of whole records, checking and hashing it on the way."""
         parts: list[bytes] = []  # the text not handed on yet, as it came: joined once
         size = 0
         limit = BLOCK_BYTES  # doubled while no record ends (a quote left open), so the
@@ -893,7 +944,7 @@ class LineBlocks:
         # block while the pipeline works on it: one copy of the text in memory, not two.
         ready: list[bytes] = []
         pos = self.plan.base
-        for chunk in self.chunks:
+        for chunk in chunks:
             part = self._new_part(chunk, pos)
             pos += len(chunk)
             self.inflated += len(chunk)
@@ -1379,21 +1430,23 @@ def process_blocks(
     process (a peer's shortcut; the pipelines process every row they read).
     """
     parts = []
-    texts = iter(blocks)
-    while True:
-        with clock.stage("read"):
-            block = next(texts, None)
-        if block is None:
-            break
-        with clock.stage("parse"):
-            rows, lines = parse_block(block, first_line, blocks.header)
-            del block  # the text is in `rows` now
-            if keep is not None:
-                rows = rows.filter(keep)
-        with clock.stage("transform"):
-            parts.append(process_transactions(rows.lazy(), client, lookups))
-        parts[-1].lines_read = lines
-        first_line += lines
+    # Closed on any error too: its read's inflating thread stops now, not whenever the
+    # traceback that holds this frame goes.
+    with contextlib.closing(iter(blocks)) as texts:
+        while True:
+            with clock.stage("read"):
+                block = next(texts, None)
+            if block is None:
+                break
+            with clock.stage("parse"):
+                rows, lines = parse_block(block, first_line, blocks.header)
+                del block  # the text is in `rows` now
+                if keep is not None:
+                    rows = rows.filter(keep)
+            with clock.stage("transform"):
+                parts.append(process_transactions(rows.lazy(), client, lookups))
+            parts[-1].lines_read = lines
+            first_line += lines
     with clock.stage("transform"):
         if not parts:  # nothing new: an empty result with the right columns
             return process_transactions(empty_rows().lazy(), client, lookups)

@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -207,6 +208,61 @@ def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monke
     assert full.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
     assert full.rejected["line_number"].to_list() == [rejected[0][0]] == [452]
     assert main.read_checkpoint(con, "client_1").lines_processed == 602
+
+
+def inflate_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "inflate"]
+
+
+def test_prefetched_text_comes_in_order_and_a_producer_error_reaches_the_caller():
+    chunks = [bytes([i]) * (i + 1) for i in range(50)]
+    assert list(main.prefetched(iter(chunks), depth=2)) == chunks
+
+    def failing():
+        yield b"a"
+        raise main.CorruptArchive("x.zip: corrupt archive, cannot inflate")
+
+    got = []
+    with pytest.raises(main.CorruptArchive, match=r"x\.zip"):
+        got.extend(main.prefetched(failing()))
+    assert got == [b"a"] and not inflate_threads()
+
+
+def test_a_read_stopped_early_stops_its_inflating_thread_and_closes_the_source():
+    closed = []
+
+    def endless():
+        try:
+            while True:
+                yield b"x" * 100
+        finally:
+            closed.append(True)
+
+    reader = main.prefetched(endless(), depth=2)
+    assert next(reader) == b"x" * 100
+    reader.close()
+    assert closed == [True] and not inflate_threads()
+
+
+def test_an_error_after_the_read_leaves_no_inflating_thread_behind(tmp_path, monkeypatch):
+    # The traceback is kept (as a test runner or a caller logging it would): the
+    # thread must still be gone, so process_blocks has to close its read itself.
+    # Small reads, so that the producer is still running, queue full, when the first
+    # block fails.
+    monkeypatch.setattr(main, "BLOCK_BYTES", 2_000)
+    monkeypatch.setattr(main, "READ_CHUNK_BYTES", 512)
+    monkeypatch.setattr(main, "INFLATE_OUT_BYTES", 64)
+    rows = [f"{i},2025-10-01,SKU-1,1,1.00,2025-11-01,94107" for i in range(2_000)]
+    feed = write_feed(tmp_path / "data", [rows])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("transform failed")
+
+    monkeypatch.setattr(main, "process_transactions", broken)
+    blocks = main.scan_archive(feed / "client_1/transactions_day_1.zip", 1)
+    with pytest.raises(RuntimeError) as caught:
+        main.process_blocks(blocks, 2, "client_1", main.load_lookups(feed), main.Stopwatch())
+    assert caught.traceback and not inflate_threads()
 
 
 def test_crlf_line_ends_give_the_answer_of_lf_line_ends():

@@ -31,7 +31,6 @@ import ctypes.util
 import datetime as dt
 import fcntl
 import functools
-import hashlib
 import io
 import json
 import os
@@ -62,6 +61,7 @@ from typing import Any, ClassVar
 # Set before Polars loads (and inherited by the measured workers); a user's own setting wins.
 os.environ.setdefault("_RJEM_MALLOC_CONF", "narenas:1")
 
+import blake3
 import numpy as np
 import polars as pl
 from isal import isal_zlib
@@ -185,7 +185,7 @@ TABLES = {
         last_day INTEGER NOT NULL,
         bytes_processed INTEGER NOT NULL,
         lines_processed INTEGER NOT NULL,
-        prefix_sha256 TEXT NOT NULL,
+        prefix_blake3 TEXT NOT NULL,
         last_transaction_date TEXT,
         updated_at TEXT NOT NULL,
         piece_ends TEXT,
@@ -199,8 +199,8 @@ TABLES = {
         csv_offset INTEGER NOT NULL,
         crc32 INTEGER NOT NULL,
         window BLOB NOT NULL,
-        compressed_sha256 TEXT NOT NULL,
-        tail_sha256 TEXT NOT NULL,
+        compressed_blake3 TEXT NOT NULL,
+        tail_blake3 TEXT NOT NULL,
         PRIMARY KEY (client_id, compressed_offset)
     """,
     # The baseline's full refresh: same schema, so both pipelines pay for a write.
@@ -475,9 +475,9 @@ class BlockInflater:
 class AccessPoint:
     """A deflate block boundary from which inflating can start again (zlib's zran method).
 
-    Checked before use: the compressed bits before it must hash to `compressed_sha256`
+    Checked before use: the compressed bits before it must hash to `compressed_blake3`
     (then inflating them gives the same text, and the boundary is one), and the text
-    from it to the end of what was processed must hash to `tail_sha256`.
+    from it to the end of what was processed must hash to `tail_blake3`.
     """
 
     compressed_offset: int  # first byte after the boundary, in the member's compressed data
@@ -485,12 +485,17 @@ class AccessPoint:
     offset: int  # where the boundary falls in the CSV
     crc32: int  # CRC-32 of the CSV before it, so a resumed read still checks the member's
     window: bytes  # the last 32 KiB of CSV before it (deflate back-references reach that far)
-    compressed_sha256: str = ""
-    tail_sha256: str = ""
+    compressed_blake3: str = ""
+    tail_blake3: str = ""
 
 
 class CompressedPrefix:
-    """SHA-256 of a member's compressed bits up to given block boundaries.
+    """BLAKE3 of a member's compressed bits up to given block boundaries.
+
+    BLAKE3 rather than SHA-256: the 26 MB of a day-10 archive hash in 6 ms against 15
+    here, and it is as sound a proof: a changed history passes only through a collision
+    of a cryptographic hash (a faster non-cryptographic one, such as xxh3, gives no such
+    guarantee against a feed crafted or damaged to match).
 
     Keeps a hash state at every point asked, so that points can be asked in any order
     and no byte is hashed twice when they are asked in order.
@@ -498,7 +503,7 @@ class CompressedPrefix:
 
     def __init__(self, member: Member) -> None:
         self.member = member
-        self.states: list[tuple[int, Any]] = [(0, hashlib.sha256())]
+        self.states: list[tuple[int, Any]] = [(0, blake3.blake3())]
 
     def state_at(self, end: int) -> Any:
         """A copy of the hash state over the compressed bytes before `end`."""
@@ -695,16 +700,16 @@ class TrackedInflate:
         """The candidates kept, each with the hashes a later run checks it by."""
         text_start = self.offset - self.history_bytes
         for point in self.recent:
-            tail = hashlib.sha256()
+            tail = blake3.blake3()
             at = text_start
             for text in self.history:
                 if at + len(text) > point.offset:
                     tail.update(memoryview(text)[max(point.offset - at, 0) :])
                 at += len(text)
-            point.tail_sha256 = tail.hexdigest()
+            point.tail_blake3 = tail.hexdigest()
             if point.compressed_offset in self.anchors:
                 anchor = self.anchors[point.compressed_offset]
-                point.compressed_sha256 = anchored_digest(point, anchor)
+                point.compressed_blake3 = anchored_digest(point, anchor)
         return list(self.recent)
 
 
@@ -726,9 +731,9 @@ def anchored_digest(point: AccessPoint, pieces: tuple[tuple[Any, int, bytes], ..
 class ReadPlan:
     """Where a read starts, what it must verify before trusting the rest, and how it hashes.
 
-    The fingerprint of a client's processed CSV is a SHA-256 chain over the pieces in
-    which it was processed: d1 = sha256(piece 1), dk = sha256(d(k-1) + piece k). One
-    piece read whole gives the plain SHA-256 of the file, so a checkpoint stored
+    The fingerprint of a client's processed CSV is a BLAKE3 chain over the pieces in
+    which it was processed: d1 = blake3(piece 1), dk = blake3(d(k-1) + piece k). One
+    piece read whole gives the plain BLAKE3 of the file, so a checkpoint stored
     without piece ends (one piece) verifies as one.
     """
 
@@ -749,8 +754,8 @@ class ChainHasher:
     def __init__(self, ends: list[int], pos: int) -> None:
         self.ends = collections.deque(e for e in ends if e > pos)
         self.pos = pos
-        self.state = hashlib.sha256()
-        self.digest = hashlib.sha256().hexdigest() if not self.ends else None
+        self.state = blake3.blake3()
+        self.digest = blake3.blake3().hexdigest() if not self.ends else None
 
     def update(self, data: memoryview) -> None:
         while self.ends and self.pos + len(data) >= self.ends[0]:
@@ -760,7 +765,7 @@ class ChainHasher:
             data = data[cut:]
             raw = self.state.digest()
             self.digest = raw.hex()
-            self.state = hashlib.sha256(raw)
+            self.state = blake3.blake3(raw)
         self.state.update(data)
         self.pos += len(data)
 
@@ -923,7 +928,7 @@ class LineBlocks:
         self.fresh = None
         if plan.hashing:
             prior = bytes.fromhex(plan.prior_digest) if plan.prior_digest else b""
-            self.fresh = hashlib.sha256(prior)
+            self.fresh = blake3.blake3(prior)
         self.verified = self.checker is None
         self.ends_line = plan.ends_line
         # Text before this offset is never handed on: what was processed, and the header.
@@ -1658,7 +1663,7 @@ class Checkpoint:
     last_day: int
     bytes_processed: int
     lines_processed: int
-    prefix_sha256: str  # fingerprint: SHA-256 chain over the pieces (ReadPlan)
+    prefix_blake3: str  # fingerprint: BLAKE3 chain over the pieces (ReadPlan)
     last_transaction_date: str | None
     ends: list[int]  # where the pieces processed by each run end
     open_quote: bool = False  # the processed text ends inside a quoted field
@@ -1667,13 +1672,13 @@ class Checkpoint:
 def read_checkpoint(con: sqlite3.Connection, client: str) -> Checkpoint | None:
     """The client's checkpoint, or None before its first run."""
     row = con.execute(
-        "SELECT last_day, bytes_processed, lines_processed, prefix_sha256, last_transaction_date,"
+        "SELECT last_day, bytes_processed, lines_processed, prefix_blake3, last_transaction_date,"
         " piece_ends, open_quote FROM ingest_checkpoint WHERE client_id = ?",
         (client,),
     ).fetchone()
     if not row:
         return None
-    # A checkpoint stored without piece ends read its prefix in one piece: plain SHA-256.
+    # A checkpoint stored without piece ends read its prefix in one piece: plain BLAKE3.
     ends = json.loads(row[5]) if row[5] else [row[1]]
     return Checkpoint(*row[:5], ends, bool(row[6]))
 
@@ -1687,7 +1692,7 @@ def write_checkpoint(con: Connection, client: str, cp: Checkpoint) -> None:
             cp.last_day,
             cp.bytes_processed,
             cp.lines_processed,
-            cp.prefix_sha256,
+            cp.prefix_blake3,
             cp.last_transaction_date,
             dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             json.dumps(cp.ends),
@@ -1699,8 +1704,8 @@ def write_checkpoint(con: Connection, client: str, cp: Checkpoint) -> None:
 def read_access_points(con: sqlite3.Connection, client: str) -> list[AccessPoint]:
     """The access points stored with a client's checkpoint, in stream order."""
     rows = con.execute(
-        "SELECT compressed_offset, bits, csv_offset, crc32, window, compressed_sha256,"
-        " tail_sha256 FROM ingest_access_points WHERE client_id = ? ORDER BY compressed_offset",
+        "SELECT compressed_offset, bits, csv_offset, crc32, window, compressed_blake3,"
+        " tail_blake3 FROM ingest_access_points WHERE client_id = ? ORDER BY compressed_offset",
         (client,),
     ).fetchall()
     return [AccessPoint(*row) for row in rows]
@@ -1719,11 +1724,11 @@ def write_access_points(con: Connection, client: str, points: list[AccessPoint])
                 p.offset,
                 p.crc32,
                 p.window,
-                p.compressed_sha256,
-                p.tail_sha256,
+                p.compressed_blake3,
+                p.tail_blake3,
             )
             for p in points
-            if p.compressed_sha256
+            if p.compressed_blake3
         ],
     )
 
@@ -1908,7 +1913,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
         last_day=day,
         bytes_processed=new.blocks.size,
         lines_processed=(kept.lines_processed if kept else header.lines) + artifacts.lines_read,
-        prefix_sha256=new.blocks.fingerprint or "",
+        prefix_blake3=new.blocks.fingerprint or "",
         last_transaction_date=latest,
         ends=new.blocks.ends,
         open_quote=new.blocks.open_quote,
@@ -1995,7 +2000,7 @@ def choose_access_point(
     for point in points:  # in stream order: the prefix hash moves forward only
         if point.offset > cp.bytes_processed:
             continue
-        if prefix.digest_at(point.compressed_offset, point.bits) == point.compressed_sha256:
+        if prefix.digest_at(point.compressed_offset, point.bits) == point.compressed_blake3:
             best = point
     if best is None:
         return (
@@ -2017,9 +2022,9 @@ def verified_plan(cp: Checkpoint, point: AccessPoint | None, hashing: bool) -> R
     plan = ReadPlan(
         skip=cp.bytes_processed,
         check_ends=cp.ends,
-        check_digest=cp.prefix_sha256,
+        check_digest=cp.prefix_blake3,
         prior_ends=cp.ends,
-        prior_digest=cp.prefix_sha256,
+        prior_digest=cp.prefix_blake3,
         hashing=hashing,
         open_quote=cp.open_quote,
     )
@@ -2029,7 +2034,7 @@ def verified_plan(cp: Checkpoint, point: AccessPoint | None, hashing: bool) -> R
         plan,
         base=point.offset,
         check_ends=[cp.bytes_processed],
-        check_digest=point.tail_sha256,
+        check_digest=point.tail_blake3,
         ends_line=point.window.endswith(b"\n"),
     )
 
@@ -3498,7 +3503,7 @@ def render_method() -> list[str]:
         " client's rows of `processed_sales_full_refresh` in one transaction.",
         "- Incremental: resume inflating at a deflate block boundary saved by the day"
         " before (zlib's zran method: compressed offset and bit, the 32 KiB window),"
-        " once the compressed bytes before it hash as they did (SHA-256) and the text from"
+        " once the compressed bytes before it hash as they did (BLAKE3) and the text from"
         " it to yesterday's end hashes as processed; process only the rows past the"
         " checkpoint, then in one transaction delete and re-insert the days they touch"
         " (additive columns summed, derived ones recomputed), advance the checkpoint and"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import sqlite3
@@ -14,6 +13,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import blake3
 import polars as pl
 import psutil
 import pytest
@@ -362,16 +362,16 @@ def test_replaying_days_equals_the_oracle_of_the_last_archive(replayed, tiny_fee
     cp = main.read_checkpoint(replayed, "client_1")
     csv = read_csv_bytes(tiny_feed / "client_1/transactions_day_3.zip")
     assert cp.last_day == 3 and cp.bytes_processed == len(csv)
-    # The fingerprint chains the pieces each day added: d1 = sha256(day 1),
-    # dk = sha256(d(k-1) + the bytes day k added).
+    # The fingerprint chains the pieces each day added: d1 = blake3(day 1),
+    # dk = blake3(d(k-1) + the bytes day k added).
     ends = [
         len(read_csv_bytes(tiny_feed / f"client_1/transactions_day_{d}.zip")) for d in (1, 2, 3)
     ]
     assert cp.ends == ends
     digest = b""
     for start, end in zip([0, *ends], ends, strict=False):
-        digest = hashlib.sha256(digest + csv[start:end]).digest()
-    assert cp.prefix_sha256 == digest.hex()
+        digest = blake3.blake3(digest + csv[start:end]).digest()
+    assert cp.prefix_blake3 == digest.hex()
     assert cp.lines_processed == csv.count(b"\n") == 3601
 
 
@@ -792,7 +792,7 @@ def test_sales_tables_keep_rows_in_key_order_and_older_ones_are_set_aside(tmp_pa
     old.execute(f"CREATE TABLE ingest_checkpoint ({main.TABLES['ingest_checkpoint']})")
     old.execute(
         "INSERT INTO ingest_checkpoint (client_id, last_day, bytes_processed,"
-        " lines_processed, prefix_sha256, updated_at) VALUES ('c', 1, 1, 1, 'x', 'now')"
+        " lines_processed, prefix_blake3, updated_at) VALUES ('c', 1, 1, 1, 'x', 'now')"
     )
     old.commit()
     old.close()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import pytest
 from conftest import assert_table_matches, fresh_db, generate, oracle_for, read_csv_bytes, state
 from isal import isal_zlib
@@ -190,10 +190,10 @@ def test_the_fingerprint_stays_a_chain_of_what_each_day_added(drip_feed, tmp_pat
     for day in range(1, 6):
         main.incremental_step(con, drip_feed, "client_1", day)
         csv = read_csv_bytes(archive(drip_feed, day))
-        digest = hashlib.sha256(digest + csv[ends[-1] if ends else 0 :]).digest()
+        digest = blake3.blake3(digest + csv[ends[-1] if ends else 0 :]).digest()
         ends.append(len(csv))
     cp = main.read_checkpoint(con, "client_1")
-    assert (cp.ends, cp.prefix_sha256) == (ends, digest.hex())
+    assert (cp.ends, cp.prefix_blake3) == (ends, digest.hex())
 
 
 def rewrite_days(feed: Path, days: range, deflate: Callable[[bytes], bytes]) -> None:
@@ -328,14 +328,12 @@ def test_a_checkpoint_without_piece_ends_or_points_reads_whole_once_then_resumes
     for day in (1, 2):
         main.incremental_step(con, four_days, "client_1", day)
     # A checkpoint of the simplest kind: no piece_ends or open_quote, no access points, and
-    # the plain SHA-256 of the processed CSV as its fingerprint.
+    # the plain BLAKE3 of the processed CSV as its fingerprint.
     csv = read_csv_bytes(archive(four_days, 2))
     con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN open_quote")
     con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN piece_ends")
     con.execute("DROP TABLE ingest_access_points")
-    con.execute(
-        "UPDATE ingest_checkpoint SET prefix_sha256 = ?", (hashlib.sha256(csv).hexdigest(),)
-    )
+    con.execute("UPDATE ingest_checkpoint SET prefix_blake3 = ?", (blake3.blake3(csv).hexdigest(),))
     con.commit()
     said: list[str] = []
     main.ensure_schema(con, said.append)
@@ -346,6 +344,32 @@ def test_a_checkpoint_without_piece_ends_or_points_reads_whole_once_then_resumes
     record = main.incremental_step(con, four_days, "client_1", 4)
     assert record.read_mode.startswith("resumed")
     table, _, _ = oracle_for(four_days, "client_1", 4)
+    assert_table_matches(state(con), table)
+
+
+def test_a_state_hashed_with_sha256_is_set_aside_and_the_client_rebuilt(four_days, tmp_path):
+    # Digests of another hash can never match: the checkpoint and access point tables
+    # of such a database have other column names, are renamed aside (never dropped), and
+    # the next step rebuilds the client from its whole archive instead of trusting them.
+    con = fresh_db(tmp_path / "db.sqlite")
+    for day in (1, 2):
+        main.incremental_step(con, four_days, "client_1", day)
+    for table, column in (
+        ("ingest_checkpoint", "prefix"),
+        ("ingest_access_points", "compressed"),
+        ("ingest_access_points", "tail"),
+    ):
+        con.execute(f"ALTER TABLE {table} RENAME COLUMN {column}_blake3 TO {column}_sha256")
+    said: list[str] = []
+    main.ensure_schema(con, said.append)
+    assert [line.split(":")[0] for line in said] == [
+        "table ingest_checkpoint had another schema",
+        "table ingest_access_points had another schema",
+    ]
+    assert main.read_checkpoint(con, "client_1") is None
+    record = main.incremental_step(con, four_days, "client_1", 3)
+    assert record.read_mode == "read whole: first run"
+    table, _, _ = oracle_for(four_days, "client_1", 3)
     assert_table_matches(state(con), table)
 
 
@@ -376,5 +400,5 @@ def test_the_prefix_hash_ignores_only_the_next_blocks_bits(four_days):
         kept = (
             raw[: offset - 1] + bytes([raw[offset - 1] & (0xFF >> bits)]) if bits else raw[:offset]
         )
-        assert prefix.digest_at(offset, bits) == hashlib.sha256(kept).hexdigest()
+        assert prefix.digest_at(offset, bits) == blake3.blake3(kept).hexdigest()
     assert prefix.digest_at(member.compressed_size + 1, 0) is None

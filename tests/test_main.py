@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import json
 import sqlite3
@@ -405,6 +406,34 @@ def test_parity_check_catches_a_changed_value(replayed, tiny_feed):
 
 
 # --- the database --------------------------------------------------------------------------------
+
+
+def test_stored_days_read_back_exactly_whatever_their_text(tmp_path):
+    # The merge reads stored rows back through JSON: any text a sku_group may hold must
+    # survive it, and dollars stored as floats must give back their exact cents.
+    groups = ['say "hi"', "a,b", "line\nend", "back\\slash", "Zürich ✓", "tab\tx", "", "null"]
+    con = fresh_db(tmp_path / "db.sqlite")
+    stored = []
+    for i, group in enumerate(groups):
+        cents = 29 + 100 * i  # 0.29, 1.29, ...: times 100 as floats, just short of cents
+        stored.append(("c", f"2025-10-0{1 + i % 2}", "2025-11-01", group, i % 2, i, cents, i + 1))
+    con.executemany(
+        "INSERT INTO processed_sales VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0, 1)",
+        [(*r[:6], r[6] / 100, r[7]) for r in stored],
+    )
+    con.execute(
+        "INSERT INTO processed_sales VALUES ('c', '2025-10-03', '2025-11-01', 'x',"
+        " 0, 1, 1.0, 1, 0, 0, 0, 0, 1)"
+    )  # another day: not read
+    got = main.existing_days(con, "c", ["2025-10-01", "2025-10-02"])
+    assert got.columns == [*main.KEY, "total_quantity", "revenue_cents", "order_count"]
+    want = {
+        (c, dt.date.fromisoformat(d), dt.date.fromisoformat(m), g, bool(loc), q, cents, n)
+        for c, d, m, g, loc, q, cents, n in stored
+    }
+    assert set(got.rows()) == want and got.height == len(stored)
+    assert main.existing_days(con, "c", ["2025-09-30"]).height == 0
+    assert main.existing_days(con, "c", []).schema == got.schema
 
 
 def test_legacy_table_is_renamed_aside_not_dropped(tmp_path, capsys):

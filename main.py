@@ -1114,8 +1114,9 @@ def parse_block(block: bytes, first_line: int, header: Header) -> tuple[pl.DataF
     cannot give back, is cut into pieces of about SUB_BLOCK_BYTES, and the pieces that
     still fail are read record by record, so a bad record is rejected alone.
     """
-    lines = block.count(b"\n") + (1 if block and not block.endswith(b"\n") else 0)
-    rows = fast_parse(block, first_line, header)
+    newlines = count_byte(block, LF)  # counted once: the lines spanned, and fast_parse's check
+    lines = newlines + (1 if block and not block.endswith(b"\n") else 0)
+    rows = fast_parse(block, first_line, header, newlines)
     if rows is None:
         parts = []
         for piece, line in pieces(block, first_line):
@@ -1130,14 +1131,16 @@ def empty_rows() -> pl.DataFrame:
     return pl.DataFrame(schema=PARSED_SCHEMA)
 
 
-def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | None:
+def fast_parse(
+    data: bytes, first_line: int, header: Header, newlines: int | None = None
+) -> pl.DataFrame | None:
     """The records of `data` through Polars' CSV reader, or None where that is not exact.
 
     Polars pads a short record with empty fields and reads a blank line as a record
     of empties, so the shape is checked against the bytes: one line end per record
     (plus those inside fields) and one comma less than the columns per record (plus
     those inside fields). Any other trouble (broken quoting, a long record) makes the
-    reader fail or the check differ.
+    reader fail or the check differ. `newlines`: the line ends in `data`, if counted.
     """
     if not data:
         return empty_rows()
@@ -1161,7 +1164,8 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
         return None
     records = frame.height
     ends = records - (0 if data.endswith(b"\n") else 1)
-    newlines = data.count(b"\n")
+    if newlines is None:
+        newlines = count_byte(data, LF)
     extra_lines = extra_commas = 0
     if quoted:  # line ends and commas inside quoted fields are not separators
         inner = [pl.col(n).str.count_matches(",", literal=True).sum() for n in names]
@@ -1172,7 +1176,7 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
             extra_lines = int(frame["_lines"].sum())
     if (
         newlines != ends + extra_lines
-        or data.count(b",") != records * (len(names) - 1) + extra_commas
+        or count_byte(data, COMMA) != records * (len(names) - 1) + extra_commas
     ):
         return None
     line = pl.int_range(pl.len(), dtype=pl.Int64) + first_line
@@ -1194,6 +1198,12 @@ def fast_parse(data: bytes, first_line: int, header: Header) -> pl.DataFrame | N
 
 
 QUOTE_CHECK_BYTES = 16 << 20  # the quote check looks at this much text at a time
+
+
+def count_byte(data: bytes, byte: int) -> int:
+    """How often `byte` occurs in `data`: numpy counts twice as fast as bytes.count here
+    (97 MiB: 19 ms against 40)."""
+    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == byte))
 
 
 def quotes_well_placed(data: bytes) -> bool:

@@ -1757,13 +1757,18 @@ def write_pandas(con: Connection, table: str, frame: Any) -> None:
         frame.to_sql(table, con, if_exists="append", index=False, chunksize=50_000)
 
 
-def replace_days(con: Connection, client: str, days: list[str], table: pl.DataFrame) -> None:
-    """Replace a client's rows of `days` in processed_sales (inside the caller's transaction)."""
+def delete_days(con: sqlite3.Connection, client: str, days: list[str]) -> None:
+    """Delete a client's rows of `days` from processed_sales (inside the caller's transaction)."""
     con.execute(
         "DELETE FROM processed_sales WHERE client_id = ?"
         " AND transaction_date IN (SELECT value FROM json_each(?))",
         (client, json.dumps(days)),
     )
+
+
+def replace_days(con: Connection, client: str, days: list[str], table: pl.DataFrame) -> None:
+    """Replace a client's rows of `days` in processed_sales (inside the caller's transaction)."""
+    delete_days(con, client, days)
     write_frame(con, "processed_sales", table)
 
 
@@ -1869,6 +1874,31 @@ class RunRecord:
     dialect: dict[str, Any] = field(default_factory=dict)  # how the CSV is written (Header)
 
 
+def run_record(
+    pipeline: str,
+    clock: Stopwatch,
+    artifacts: PipelineArtifacts,
+    blocks: LineBlocks,
+    rows_written: int,
+    **more: Any,
+) -> RunRecord:
+    """What a run that read `blocks` and computed `artifacts` did; `more` overrides."""
+    fields = {
+        "pipeline": pipeline,
+        "stages_s": clock.stages_s,
+        "counters": artifacts.counters,
+        "rows_processed": artifacts.rows_read,
+        "rows_written": rows_written,
+        "bytes_inflated": blocks.inflated,
+        "archive_bytes": blocks.size,
+        "latest_date": iso(artifacts.latest_date),
+        "top_five": artifacts.top_five.to_dicts(),
+        "local_split": artifacts.local_split.to_dicts(),
+        "dialect": {**blocks.header.dialect(), "quoted_fields": blocks.quoted},
+    }
+    return RunRecord(**{**fields, **more})
+
+
 def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
     """Baseline: recompute the client from the whole day-N archive; full refresh write."""
     clock = Stopwatch()
@@ -1884,19 +1914,7 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
         delete_client(con, client, FULL_REFRESH_TABLES)
         write_frame(con, "processed_sales_full_refresh", table)
         write_frame(con, "rejected_rows_full_refresh", rejected_frame(artifacts, client, day))
-    return RunRecord(
-        pipeline="baseline",
-        stages_s=clock.stages_s,
-        counters=artifacts.counters,
-        rows_processed=artifacts.rows_read,
-        rows_written=table.height,
-        bytes_inflated=blocks.inflated,
-        archive_bytes=blocks.size,
-        latest_date=iso(artifacts.latest_date),
-        top_five=artifacts.top_five.to_dicts(),
-        local_split=artifacts.local_split.to_dicts(),
-        dialect={**blocks.header.dialect(), "quoted_fields": blocks.quoted},
-    )
+    return run_record("baseline", clock, artifacts, blocks, table.height)
 
 
 def run_optimized_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
@@ -1946,20 +1964,16 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     )
     with clock.stage("write"):
         rows_written = merge_new_rows(con, client, cp, after, new, clock)
-    return RunRecord(
-        pipeline="incremental",
-        stages_s=clock.stages_s,
-        counters=artifacts.counters,
-        rows_processed=artifacts.rows_read,
-        rows_written=rows_written,
-        bytes_inflated=new.inflated,
-        archive_bytes=new.blocks.size,
-        latest_date=latest,
+    return run_record(
+        "incremental",
+        clock,
+        artifacts,
+        new.blocks,
+        rows_written,
+        bytes_inflated=new.inflated,  # over every attempt
+        latest_date=latest,  # of the whole state, not only of the new rows
         note="; ".join(new.notes),
         read_mode=new.read_mode,
-        top_five=artifacts.top_five.to_dicts(),
-        local_split=artifacts.local_split.to_dicts(),
-        dialect={**header.dialect(), "quoted_fields": new.blocks.quoted},
     )
 
 
@@ -2358,16 +2372,7 @@ def run_by_date(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
         artifacts = process_blocks(blocks, first, client, lookups, clock, keep=after)
         with clock.stage("write"), transaction(con):
             written = merge_days(con, client, artifacts.aggregated, clock)
-    return RunRecord(
-        pipeline="by_date",
-        stages_s=clock.stages_s,
-        counters=artifacts.counters,
-        rows_processed=artifacts.rows_read,
-        rows_written=written,
-        bytes_inflated=blocks.inflated,
-        archive_bytes=blocks.size,
-        latest_date=iso(artifacts.latest_date),
-    )
+    return run_record("by_date", clock, artifacts, blocks, written)
 
 
 # name -> (kind, where its answer is written, the call); run and measured like the pipelines.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 import zlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import blake3
@@ -85,6 +87,10 @@ def test_the_resumed_tail_equals_a_full_inflate_byte_for_byte(feed_name, request
         assert point is not None, why
         tail, found = resumed_text(member, point)
         assert tail == full[point.offset :]
+        # The inflate floor's bare zlib loop gives the same text.
+        last_byte = main.member_byte(member, point.compressed_offset - 1) if point.bits else 0
+        compressed = b"".join(main.compressed_pieces(member, point.compressed_offset))
+        assert main.inflate_tail(point, last_byte, compressed) == tail
         # The points this read found resume correctly too, each one of them.
         assert 1 <= len(found) <= main.ACCESS_POINTS_KEPT and found[0].offset >= point.offset
         for p in found:
@@ -99,6 +105,23 @@ def test_the_resumed_tail_equals_a_full_inflate_byte_for_byte(feed_name, request
         assert record.rows_processed == full.count(b"\n") - cp.lines_processed
     table, _, _ = oracle_for(feed, client, days[-1])
     assert_table_matches(state(con), table)
+
+
+def test_floors_measure_every_stage_and_leave_the_state_as_it_was(four_days, tmp_path):
+    db = tmp_path / "state.db"
+    con = fresh_db(db)
+    for day in (1, 2, 3):
+        main.incremental_step(con, four_days, "client_1", day)
+    before = state(con)
+    con.close()
+    cfg = main.BenchConfig(data_dir=four_days, db=db, day=4)
+    floors = main.measure_floors(cfg, db, tmp_path)
+    assert list(floors) == list(main.STAGES) and all(s > 0 for s in floors.values())
+    with contextlib.closing(main.connect(tmp_path / "floors.db")) as after:
+        assert state(after).equals(before)  # every write undone
+    # A first day has no state to resume from: no floors.
+    fresh_db(tmp_path / "empty.db").close()
+    assert main.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) == {}
 
 
 def stream_feed(data_dir: Path, source: Path, cuts: list[int], mem_level: int, sync: bool) -> Path:

@@ -1099,8 +1099,6 @@ class PipelineArtifacts:
     """What process_transactions returns to both pipelines."""
 
     aggregated: pl.DataFrame  # KEY + total_quantity, revenue_cents, order_count
-    top_five: pl.DataFrame  # top 5 sku_groups by revenue on the latest date
-    local_split: pl.DataFrame  # California-local versus not on the latest date
     counters: dict[str, int]  # data-quality counters of docs/spec.md section 2
     latest_date: dt.date | None  # latest transaction_date among the rows processed
     rejected: pl.DataFrame  # line_number, reason, raw_line
@@ -1425,8 +1423,6 @@ def process_transactions(rows: pl.LazyFrame, client: str, lookups: Lookups) -> P
     agg = counted.drop(flags)
     return PipelineArtifacts(
         aggregated=agg,
-        top_five=top_five(agg, latest),
-        local_split=local_split(agg, latest),
         counters=stats,
         latest_date=latest,
         rejected=rejected_rows,
@@ -1485,8 +1481,6 @@ def combine(parts: list[PipelineArtifacts]) -> PipelineArtifacts:
     latest = max((p.latest_date for p in parts if p.latest_date), default=None)
     return PipelineArtifacts(
         aggregated=aggregated,
-        top_five=top_five(aggregated, latest),
-        local_split=local_split(aggregated, latest),
         counters={c: sum(p.counters[c] for p in parts) for c in COUNTERS},
         latest_date=latest,
         rejected=pl.concat([p.rejected for p in parts]),
@@ -1905,8 +1899,8 @@ def run_record(
         "bytes_inflated": blocks.inflated,
         "archive_bytes": blocks.size,
         "latest_date": iso(artifacts.latest_date),
-        "top_five": artifacts.top_five.to_dicts(),
-        "local_split": artifacts.local_split.to_dicts(),
+        "top_five": top_five(artifacts.aggregated, artifacts.latest_date).to_dicts(),
+        "local_split": local_split(artifacts.aggregated, artifacts.latest_date).to_dicts(),
         "dialect": {**blocks.header.dialect(), "quoted_fields": blocks.quoted},
     }
     return RunRecord(**{**fields, **more})

@@ -3721,9 +3721,10 @@ def render_method() -> list[str]:
         "- Before timing, the client's incremental state is brought to day N-1 by"
         " replaying the archives through the incremental path (or a verified stored state"
         " is reused). Every run, timed or not, starts from its own copy of that state and"
-        " runs in a fresh Python process; the static lookups and imports are loaded before"
-        " the clock starts. One untimed warm-up run per pipeline (which also measures"
-        " memory), then the repeats, alternating the two pipelines.",
+        " runs in a fresh Python process, started once the disk's pending writes are flushed;"
+        " the static lookups and imports are loaded before the clock starts. One untimed"
+        " warm-up run per pipeline (which also measures memory), then the repeats,"
+        " alternating the two pipelines.",
         "- `wall_s` spans the call from opening the archive to the committed write;"
         " parity is checked afterwards, on the last repeat's output, and never timed with"
         " a pipeline.",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
 import io
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -23,8 +25,10 @@ from conftest import (
     HAND_ZIPS,
     HEADER,
     ROOT,
+    TINY,
     assert_table_matches,
     fresh_db,
+    generate,
     oracle_for,
     parsed,
     read_csv_bytes,
@@ -461,19 +465,29 @@ def test_legacy_table_is_renamed_aside_not_dropped(tmp_path, capsys):
 # --- the command line, end to end ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def benchmark_run(tiny_feed, tmp_path_factory):
-    """One real `main.py` run on the tiny feed, day 3, one repeat."""
-    out = tmp_path_factory.mktemp("run")
-    args = ["--data-dir", str(tiny_feed), "--db", str(out / "db.sqlite"), "--day", "3"]
+@pytest.fixture(scope="session")
+def benchmark_run(tmp_path_factory):
+    """One real `main.py` run on a tiny feed, day 3, two repeats, made once per session.
+
+    Under pytest-xdist the first worker to get here runs it and the other waits for it
+    (a lock in the folder the workers share), so the tests that read it can run anywhere.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "benchmark_run"
+    args = ["--data-dir", str(out / "data"), "--db", str(out / "db.sqlite"), "--day", "3"]
     args += ["--repeat", "2", "--report", str(out / "results.md"), "--json", str(out / "r.json")]
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        assert main.main(args) == 0
-    return out, args, printed.getvalue()
+    with open(shared / "benchmark_run.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "printed.txt").exists():
+            generate(out / "data", *TINY)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main.main(args) == 0
+            (out / "printed.txt").write_text(printed.getvalue())
+    return out, args, (out / "printed.txt").read_text()
 
 
-@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_json_carries_the_spec_keys_and_every_try(benchmark_run):
     out, _, printed = benchmark_run
     results = json.loads((out / "r.json").read_text())
@@ -521,9 +535,9 @@ def test_line_tables_only_under_memory_profiler(tmp_path, monkeypatch):
     assert calls == [("run_baseline_benchmark", ("c", 2)), ("run_optimized_benchmark", ("c", 2))]
 
 
-@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
-def test_peers_are_measured_alike_and_checked_against_the_baseline(benchmark_run, tiny_feed):
+def test_peers_are_measured_alike_and_checked_against_the_baseline(benchmark_run):
     out, _, _ = benchmark_run
+    tiny_feed = out / "data"
     results = json.loads((out / "r.json").read_text())
     peers = results["peers"]
     assert set(peers) == {"duckdb", "by_date"}
@@ -558,7 +572,6 @@ def test_summary_statistics_on_known_lists():
     assert main.summarize([0.5]) == {"median": 0.5, "min": 0.5, "max": 0.5, "runs": [0.5]}
 
 
-@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
     out, _, _ = benchmark_run
     results = json.loads((out / "r.json").read_text())
@@ -574,7 +587,6 @@ def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
     assert main.render_report(results) == (out / "results.md").read_text()
 
 
-@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_a_failed_sweep_day_fails_the_run_and_the_report_says_where(benchmark_run):
     good = {"ok": True, "rows": 10}
     bad = {"ok": False, "error": "values differ", "diff": {"sample": []}}
@@ -588,7 +600,6 @@ def test_a_failed_sweep_day_fails_the_run_and_the_report_says_where(benchmark_ru
     assert "FAILED on days ['2']" in main.render_report(results)
 
 
-@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
 def test_chart_is_a_png_with_the_sweep_numbers_under_it(benchmark_run):
     out, _, _ = benchmark_run
     png = (out / "results.png").read_bytes()
@@ -602,9 +613,9 @@ def test_chart_is_a_png_with_the_sweep_numbers_under_it(benchmark_run):
     assert "| 2 | 3,300 | 300 |" in report
 
 
-@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
-def test_database_holds_day_n_and_report_is_ascii(benchmark_run, tiny_feed):
+def test_database_holds_day_n_and_report_is_ascii(benchmark_run):
     out, _, _ = benchmark_run
+    tiny_feed = out / "data"
     con = sqlite3.connect(out / "db.sqlite")
     assert con.execute("SELECT last_day FROM ingest_checkpoint").fetchall() == [(3,)]
     table, _, _ = oracle_for(tiny_feed, "client_1", 3)
@@ -616,13 +627,16 @@ def test_database_holds_day_n_and_report_is_ascii(benchmark_run, tiny_feed):
     assert list(out.glob(".bench-*")) == []  # scratch copies are gone
 
 
-@pytest.mark.xdist_group("benchmark_run")  # one run of main.py for them all
-def test_earlier_day_under_memory_profiler_replays_and_prints_one_table_each(benchmark_run):
+def test_earlier_day_under_memory_profiler_replays_and_prints_one_table_each(
+    benchmark_run, tmp_path
+):
     # Running again for an earlier day just works; under `python -m memory_profiler`
     # each pipeline function shows one line table, of the measured call only.
     out, args, _ = benchmark_run
-    earlier = [*args[: args.index("--day")], "--day", "2", "--repeat", "1"]
-    earlier += ["--report", str(out / "r2.md")]
+    db = tmp_path / "db.sqlite"  # a copy: the other tests read the run's day-3 database
+    main.copy_db(out / "db.sqlite", db)
+    earlier = [*args[:2], "--db", str(db), "--day", "2", "--repeat", "1"]
+    earlier += ["--report", str(tmp_path / "r2.md")]
     proc = subprocess.run(
         [sys.executable, "-m", "memory_profiler", str(ROOT / "main.py"), *earlier],
         capture_output=True,
@@ -635,7 +649,7 @@ def test_earlier_day_under_memory_profiler_replays_and_prints_one_table_each(ben
         header = next(line for line in proc.stdout.splitlines() if f"def {function}(" in line)
         assert header.split()[5] == "1", header  # line, MiB, MiB, occurrences
     assert proc.stdout.count("Line #") == 3
-    con = sqlite3.connect(out / "db.sqlite")
+    con = sqlite3.connect(db)
     assert con.execute("SELECT last_day FROM ingest_checkpoint").fetchall() == [(2,)]
 
 

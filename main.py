@@ -107,10 +107,12 @@ WINDOW_BYTES = 32 << 10  # deflate back-references reach 32 KiB back
 POINT_TAIL_BYTES = 8 << 20  # access points are kept only this close to the stream's end
 ACCESS_POINTS_KEPT = 3  # block boundaries kept per client: appending a day rewrites the
 # last one or two blocks of the stream, so the latest boundary may not survive it
-# Text parsed at once. It bounds memory: a block's text, its frame and the streaming
-# engine's buffers are what a whole read holds (measured on the 97 MiB archive: peak
-# 387 MiB with 128 MiB blocks, 254 with 32, 190 with 16, 165 with 8, no time difference
-# above the noise). A day's new rows (5 MiB) are one block.
+# Text parsed at once, at least: a block is cut at the last record end once this much has
+# gathered (ISA-L hands text over about 4 MiB at a time, so the baseline's blocks are
+# about 11.7 MiB). It bounds memory: a block's text, its frame and the streaming engine's
+# buffers are what a whole read holds (measured on the 97 MiB archive: peak 387 MiB with
+# 128 MiB, 254 with 32, 190 with 16, 165 with 8, no time difference above the noise).
+# A day's new rows (5 MiB) are one block.
 BLOCK_BYTES = 8 << 20
 SUB_BLOCK_BYTES = 1 << 20  # a block that fails Polars' reader is retried in pieces this big
 QUOTE, COMMA, CR, LF = b'",\r\n'  # the bytes the quote check looks at around each quote
@@ -901,6 +903,10 @@ def prefetched(chunks: Iterable[bytes], depth: int = PREFETCH_CHUNKS) -> Iterato
             yield item
     finally:
         stop.set()
+        # Empty the queue, so a producer waiting to hand a chunk over sees the stop now.
+        with contextlib.suppress(queue.Empty):
+            while True:
+                handoff.get_nowait()
         thread.join()
         if hasattr(chunks, "close"):  # a generator the producer left suspended
             chunks.close()
@@ -909,15 +915,17 @@ def prefetched(chunks: Iterable[bytes], depth: int = PREFETCH_CHUNKS) -> Iterato
 class LineBlocks:
     """The CSV text past `plan.skip` in blocks of whole records, and what reading it learned.
 
-    Blocks hold complete records, about BLOCK_BYTES each (the last may lack its final
-    line end), so no pipeline holds more than a block of text and its frames; a line
-    end inside a quoted field never cuts a block. From the CSV's start, the header
+    Blocks hold complete records, at least BLOCK_BYTES each but the last (which may lack
+    its final line end), so no pipeline holds more than a block of text and its frames,
+    plus the PREFETCH_CHUNKS pieces inflated ahead; a line end inside a quoted field
+    never cuts a block. From the CSV's start, the header
     (`header.length` bytes) is dropped. With `plan.check_digest`, Restated is raised
     before any block is handed on when the bytes from `plan.base` to `plan.skip` are
     not the ones processed before. Once every block has been taken: `size` (bytes of
     the whole CSV), `open_quote` (whether it ends inside a quoted field), `quoted`
     (whether the new text holds any quote) and, when `plan.hashing`, the new
-    `fingerprint` and its piece `ends`; `inflated` counts the bytes read at any time.
+    `fingerprint` and its piece `ends`; `inflated` counts the bytes taken from the
+    inflater at any time (a read stopped early leaves uncounted what was inflated ahead).
     """
 
     def __init__(self, path: Path, chunks: Iterable[bytes], plan: ReadPlan, header: Header) -> None:
@@ -1204,8 +1212,13 @@ QUOTE_CHECK_BYTES = 16 << 20  # the quote check looks at this much text at a tim
 
 def count_byte(data: bytes, byte: int) -> int:
     """How often `byte` occurs in `data`: numpy counts twice as fast as bytes.count here
-    (97 MiB: 19 ms against 40)."""
-    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == byte))
+    (97 MiB: 19 ms against 40). QUOTE_CHECK_BYTES at a time, so that its comparison
+    never needs more than that much memory, whatever the block."""
+    text = np.frombuffer(data, dtype=np.uint8)
+    return sum(
+        int(np.count_nonzero(text[start : start + QUOTE_CHECK_BYTES] == byte))
+        for start in range(0, len(text), QUOTE_CHECK_BYTES)
+    )
 
 
 def quotes_well_placed(data: bytes) -> bool:
@@ -1742,7 +1755,7 @@ def write_access_points(con: Connection, client: str, points: list[AccessPoint])
 
 
 def write_frame(con: Connection, table: str, frame: pl.DataFrame) -> None:
-    """Append a Polars frame to a table with pandas' to_sql (executemany underneath)."""
+    """Append a Polars frame to a table with pandas' to_sql (write_pandas)."""
     import pandas as pd  # only the write needs it
 
     if frame.height:
@@ -1759,9 +1772,14 @@ def write_pandas(con: Connection, table: str, frame: Any) -> None:
     faster.
     """
     if len(frame):
-        params = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        rows = max(1, min(INSERT_ROWS, params // len(frame.columns)))
+        rows = insert_rows(con, len(frame.columns))
         frame.to_sql(table, con, if_exists="append", index=False, chunksize=rows, method="multi")
+
+
+def insert_rows(con: sqlite3.Connection, columns: int) -> int:
+    """Rows per multi-row INSERT: INSERT_ROWS, or fewer where this SQLite takes fewer
+    parameters per statement (999 before SQLite 3.32)."""
+    return max(1, min(INSERT_ROWS, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // columns))
 
 
 def delete_days(con: sqlite3.Connection, client: str, days: list[str]) -> None:
@@ -1805,23 +1823,33 @@ STORED_ADDITIVE = {
 }
 
 
+STORED_DAYS_SQL = (
+    "SELECT json_object("
+    + ", ".join(f"'{n}', json_group_array({sql})" for n, sql in STORED_ADDITIVE.items())
+    + ") FROM processed_sales WHERE client_id = ?"
+    " AND transaction_date IN (SELECT value FROM json_each(?))"
+)
+STORED_DAYS_SCHEMA = {c: pl.List(SALES_SCHEMA.get(c, pl.Int64)) for c in STORED_ADDITIVE}
+
+
 def existing_days(con: sqlite3.Connection, client: str, days: list[str]) -> pl.DataFrame:
     """Additive columns of the stored rows of `days`, back in integer cents.
 
     SQLite hands them over as one JSON object of columns, which Polars reads: one value
     crosses into Python instead of a tuple per row (17,175 rows: 22 ms against 36).
+    Days whose rows make a text longer than SQLite allows are read half at a time.
     """
-    columns = ", ".join(
-        f"'{name}', json_group_array({sql})" for name, sql in STORED_ADDITIVE.items()
-    )
-    (text,) = con.execute(
-        f"SELECT json_object({columns}) FROM processed_sales WHERE client_id = ?"
-        " AND transaction_date IN (SELECT value FROM json_each(?))",
-        (client, json.dumps(days)),
-    ).fetchone()
-    schema = {column: pl.List(SALES_SCHEMA.get(column, pl.Int64)) for column in STORED_ADDITIVE}
+    try:
+        (text,) = con.execute(STORED_DAYS_SQL, (client, json.dumps(days))).fetchone()
+    except sqlite3.DataError:  # "string or blob too big"
+        if len(days) < 2:
+            raise
+        half = len(days) // 2
+        return pl.concat(
+            [existing_days(con, client, days[:half]), existing_days(con, client, days[half:])]
+        )
     return (
-        pl.read_json(io.StringIO(text), schema=schema)
+        pl.read_json(io.StringIO(text), schema=STORED_DAYS_SCHEMA)
         .explode(pl.all(), empty_as_null=False)
         .with_columns(
             pl.col("transaction_date").str.to_date(),
@@ -1890,6 +1918,9 @@ def run_record(
     **more: Any,
 ) -> RunRecord:
     """What a run that read `blocks` and computed `artifacts` did; `more` overrides."""
+    with clock.stage("transform"):  # the day's summary is part of the run's answer
+        top = top_five(artifacts.aggregated, artifacts.latest_date).to_dicts()
+        split = local_split(artifacts.aggregated, artifacts.latest_date).to_dicts()
     fields = {
         "pipeline": pipeline,
         "stages_s": clock.stages_s,
@@ -1899,8 +1930,8 @@ def run_record(
         "bytes_inflated": blocks.inflated,
         "archive_bytes": blocks.size,
         "latest_date": iso(artifacts.latest_date),
-        "top_five": top_five(artifacts.aggregated, artifacts.latest_date).to_dicts(),
-        "local_split": local_split(artifacts.aggregated, artifacts.latest_date).to_dicts(),
+        "top_five": top,
+        "local_split": split,
         "dialect": {**blocks.header.dialect(), "quoted_fields": blocks.quoted},
     }
     return RunRecord(**{**fields, **more})
@@ -2785,10 +2816,12 @@ def measure(cfg: BenchConfig, state: Path, scratch: Path) -> Measurement:
 def median_time(run: Callable[[], object], undo: Callable[[], object] = lambda: None) -> float:
     """Median wall time of FLOOR_TRIES calls of `run`, after one untimed call (so warm).
 
-    `undo`, called after each call outside the clock, puts back what `run` changed.
+    `undo`, called after each call outside the clock, puts back what `run` changed. The
+    disk's pending writes are flushed before each call, as before each pipeline run.
     """
     times = []
     for attempt in range(FLOOR_TRIES + 1):
+        os.sync()
         clock = Stopwatch()
         with clock.stage("run"):
             run()
@@ -2881,20 +2914,25 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, fl
             (cfg.client, json.dumps(touched)),
         ).fetchall()
         row = f"({', '.join('?' * len(SALES_TABLE))})"
+        per = insert_rows(con, len(SALES_TABLE))
+        points = read_access_points(con, cfg.client)
 
         def statements(values: list[tuple]) -> list[tuple[str, list]]:
             """The rows as multi-row INSERTs with their parameters, built before the clock."""
-            chunks = [values[i : i + INSERT_ROWS] for i in range(0, len(values), INSERT_ROWS)]
+            chunks = [values[i : i + per] for i in range(0, len(values), per)]
             return [
                 (f"INSERT INTO processed_sales VALUES {', '.join([row] * len(c))}", [*chain(*c)])
                 for c in chunks
             ]
 
         def write(inserts: list[tuple[str, list]]) -> None:
+            """The step's writes: the touched days, a checkpoint and the access points."""
             with transaction(con):
                 delete_days(con, cfg.client, touched)
                 for sql, params in inserts:
                     con.execute(sql, params)
+                write_checkpoint(con, cfg.client, cp)
+                write_access_points(con, cfg.client, points)
 
         new_rows, old_rows = statements(merged), statements(before)
 
@@ -3001,6 +3039,9 @@ def pipeline_figures(warm: RunResult, runs: list[RunResult]) -> dict[str, Any]:
             stage: statistics.median(r.record.stages_s.get(stage, 0.0) for r in runs)
             for stage in STAGES
         },
+        # The part of each timed call outside every stage (opening and closing the
+        # database, reading the checkpoint), median over the runs.
+        "unstaged_s": statistics.median(r.wall_s - sum(r.record.stages_s.values()) for r in runs),
         "counters": last.counters,
         "rows_processed": last.rows_processed,
         "rows_written": last.rows_written,
@@ -3138,7 +3179,13 @@ def floor_figures(floors: dict[str, float], inc: dict[str, Any]) -> dict[str, An
         return {}
     stages = {stage: {"ours": inc["stages_s"][stage], "floor": s} for stage, s in floors.items()}
     total = {k: sum(figures[k] for figures in stages.values()) for k in ("ours", "floor")}
-    return {"stages": stages, "total": total, "wall_s": inc["wall_s"]["median"]}
+    return {
+        "stages": stages,
+        "total": total,
+        "wall_s": inc["wall_s"]["median"],
+        "unstaged_s": inc["unstaged_s"],
+        "tries": FLOOR_TRIES,
+    }
 
 
 def build_results(
@@ -3423,8 +3470,8 @@ def render_stages(results: dict[str, Any]) -> list[str]:
     out = [
         "## Where the time goes (medians, seconds)",
         "",
-        "| pipeline | read + inflate | hash of the compressed history | parse (lines, fields) |"
-        " transform | write | rows processed | rows written | bytes inflated / in archive |",
+        "| pipeline | read | hash of history | parse | transform | write | rows processed |"
+        " rows written | bytes inflated / in archive |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name in PIPELINES:
@@ -3436,27 +3483,33 @@ def render_stages(results: dict[str, Any]) -> list[str]:
             f" {fig['rows_written']:,} |"
             f" {fmt_mib(fig['bytes_inflated'])} / {fmt_mib(fig['archive_bytes'])} MiB |"
         )
-    return [*out, "", *render_reads(results), "", *render_floors(results)]
+    return [*out, "", STAGE_WORDS, "", *render_reads(results), "", *render_floors(results)]
+
+
+STAGE_WORDS = (
+    "The stages of a run do not overlap. read: opening the archive, waiting for its inflated"
+    " text (the inflating runs on a thread, ahead of the parse) and cutting it into blocks of"
+    " whole records (the incremental run also hashes the new text for its fingerprint);"
+    " hash of history: proving the compressed bytes before the access point unchanged;"
+    " parse: lines into fields; transform: cleaning, counting and aggregating (for the"
+    " incremental run, also the merge into the stored days it touches); write: the"
+    " transaction that stores the result."
+)
+STAGE_LABELS = {"verify": "hash of history"}  # report names of stages that differ from keys
 
 
 # What each stage's floor is (measure_floors), for the report.
 FLOOR_WHAT = {
     "read": "zlib inflating the same tail from the same access point, alone: no CRC, no"
-    " hashing, no boundaries noted",
+    " hashing, no boundaries noted, no blocks cut",
     "verify": "BLAKE3 over the compressed bytes before the point, already in memory",
-    "parse": "Polars' CSV reader on the new text alone, every field as text: no checks, no"
-    " line numbers",
-    "transform": "the new rows' transformation alone, without reading back and merging the"
-    " days they touch",
+    "parse": "Polars' CSV reader on the new text alone, in one call, every field as text: no"
+    " checks, no line numbers",
+    "transform": "the new rows' transformation alone, without the merge (reading back the"
+    " days they touch, adding up, deriving the table's columns)",
     "write": "SQLite alone: delete the touched days, insert the same rows in the same"
-    " multi-row INSERTs with their parameters built beforehand, commit",
-}
-STAGE_NAMES = {
-    "read": "read (wait for inflated text)",
-    "verify": "hash of the compressed history",
-    "parse": "parse",
-    "transform": "transform (with the merge)",
-    "write": "write",
+    " multi-row INSERTs with their parameters built beforehand, store the checkpoint and"
+    " the access points, commit",
 }
 
 
@@ -3470,21 +3523,23 @@ def render_floors(results: dict[str, Any]) -> list[str]:
         "",
         "Each stage of the day-N incremental step (median of the timed runs) beside the"
         " least its work costs here: the same work done alone, from the same day N-1 state"
-        " and access point, warm, median of 3, outside the pipelines' timings. The gap is"
-        " what the step adds to the bare work: its checks and bookkeeping, the merge into"
-        " the stored days, pandas on the write path, and the first use of each library in"
-        " a fresh process (the floors run warm).",
+        f" and access point, warm, median of {floors['tries']}, outside the pipelines'"
+        " timings. The gap is what the step adds to the bare work: its checks and"
+        " bookkeeping, the merge into the stored days, pandas on the write path, and the"
+        " first use of each library in a fresh process (the floors run warm).",
         "",
         "| stage | ours s | floor s | the floor is |",
         "| --- | ---: | ---: | --- |",
         *[
-            f"| {STAGE_NAMES[stage]} | {fmt_s(f['ours'])} | {fmt_s(f['floor'])} |"
+            f"| {STAGE_LABELS.get(stage, stage)} | {fmt_s(f['ours'])} | {fmt_s(f['floor'])} |"
             f" {FLOOR_WHAT[stage]} |"
             for stage, f in floors["stages"].items()
         ],
         f"| all five | {fmt_s(floors['total']['ours'])} | {fmt_s(floors['total']['floor'])} |"
-        f" of a whole step of {fmt_s(floors['wall_s'])} s (the rest: opening the database,"
-        " reading the checkpoint) |",
+        f" of a whole step of {fmt_s(floors['wall_s'])} s, of which"
+        f" {fmt_s(floors['unstaged_s'])} s lie outside every stage: opening and closing the"
+        " database (SQLite folds its write-ahead log into the file when the last connection"
+        " closes) and reading the checkpoint |",
         "",
     ]
 

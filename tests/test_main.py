@@ -215,11 +215,16 @@ def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monke
     assert main.read_checkpoint(con, "client_1").lines_processed == 602
 
 
-def inflate_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "inflate"]
+@pytest.fixture
+def new_inflate_threads():
+    """The inflating threads started during the test and still alive, when asked."""
+    before = set(threading.enumerate())
+    return lambda: [t for t in set(threading.enumerate()) - before if t.name == "inflate"]
 
 
-def test_prefetched_text_comes_in_order_and_a_producer_error_reaches_the_caller():
+def test_prefetched_text_comes_in_order_and_a_producer_error_reaches_the_caller(
+    new_inflate_threads,
+):
     chunks = [bytes([i]) * (i + 1) for i in range(50)]
     assert list(main.prefetched(iter(chunks), depth=2)) == chunks
 
@@ -230,10 +235,12 @@ def test_prefetched_text_comes_in_order_and_a_producer_error_reaches_the_caller(
     got = []
     with pytest.raises(main.CorruptArchive, match=r"x\.zip"):
         got.extend(main.prefetched(failing()))
-    assert got == [b"a"] and not inflate_threads()
+    assert got == [b"a"] and not new_inflate_threads()
 
 
-def test_a_read_stopped_early_stops_its_inflating_thread_and_closes_the_source():
+def test_a_read_stopped_early_stops_its_inflating_thread_and_closes_the_source(
+    new_inflate_threads,
+):
     closed = []
 
     def endless():
@@ -246,10 +253,12 @@ def test_a_read_stopped_early_stops_its_inflating_thread_and_closes_the_source()
     reader = main.prefetched(endless(), depth=2)
     assert next(reader) == b"x" * 100
     reader.close()
-    assert closed == [True] and not inflate_threads()
+    assert closed == [True] and not new_inflate_threads()
 
 
-def test_an_error_after_the_read_leaves_no_inflating_thread_behind(tmp_path, monkeypatch):
+def test_an_error_after_the_read_leaves_no_inflating_thread_behind(
+    tmp_path, monkeypatch, new_inflate_threads
+):
     # The traceback is kept (as a test runner or a caller logging it would): the
     # thread must still be gone, so process_blocks has to close its read itself.
     # Small reads, so that the producer is still running, queue full, when the first
@@ -267,7 +276,7 @@ def test_an_error_after_the_read_leaves_no_inflating_thread_behind(tmp_path, mon
     blocks = main.scan_archive(feed / "client_1/transactions_day_1.zip", 1)
     with pytest.raises(RuntimeError) as caught:
         main.process_blocks(blocks, 2, "client_1", main.load_lookups(feed), main.Stopwatch())
-    assert caught.traceback and not inflate_threads()
+    assert caught.traceback and not new_inflate_threads()
 
 
 def test_crlf_line_ends_give_the_answer_of_lf_line_ends():
@@ -438,6 +447,29 @@ def test_stored_days_read_back_exactly_whatever_their_text(tmp_path):
     assert set(got.rows()) == want and got.height == len(stored)
     assert main.existing_days(con, "c", ["2025-09-30"]).height == 0
     assert main.existing_days(con, "c", []).schema == got.schema
+
+
+def test_writes_and_read_backs_fit_a_smaller_sqlite(tmp_path):
+    # An SQLite built with lower limits (999 parameters a statement before 3.32, shorter
+    # strings) gets smaller INSERTs and the stored days read back in parts.
+    con = fresh_db(tmp_path / "db.sqlite")
+    con.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
+    assert main.insert_rows(con, 13) == 7
+    rows = [
+        ("c", f"2025-10-{1 + i % 9:02d}", "2025-11-01", f"G{i}", 0, 1, 1.5, 1) for i in range(60)
+    ]
+    frame = pl.DataFrame(
+        [(*r, 1.0, 1.5, 0, 0.1, 1) for r in rows], schema=main.SALES_SCHEMA, orient="row"
+    )
+    with main.transaction(con):
+        main.write_frame(con, "processed_sales", frame)
+    assert con.execute("SELECT count(*) FROM processed_sales").fetchone() == (60,)
+    days = [f"2025-10-{d:02d}" for d in range(1, 10)]
+    whole = main.existing_days(con, "c", days)
+    con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000)  # about one day's rows as JSON
+    parts = main.existing_days(con, "c", days)
+    assert parts.height == whole.height == 60
+    assert parts.sort(main.KEY).equals(whole.sort(main.KEY))
 
 
 def test_legacy_table_is_renamed_aside_not_dropped(tmp_path, capsys):

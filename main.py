@@ -1782,13 +1782,13 @@ def insert_rows(con: sqlite3.Connection, columns: int) -> int:
     return max(1, min(INSERT_ROWS, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // columns))
 
 
+# A client's rows of some days in processed_sales; parameters: client, the days as JSON.
+DAYS_WHERE = "client_id = ? AND transaction_date IN (SELECT value FROM json_each(?))"
+
+
 def delete_days(con: sqlite3.Connection, client: str, days: list[str]) -> None:
     """Delete a client's rows of `days` from processed_sales (inside the caller's transaction)."""
-    con.execute(
-        "DELETE FROM processed_sales WHERE client_id = ?"
-        " AND transaction_date IN (SELECT value FROM json_each(?))",
-        (client, json.dumps(days)),
-    )
+    con.execute(f"DELETE FROM processed_sales WHERE {DAYS_WHERE}", (client, json.dumps(days)))
 
 
 def replace_days(con: Connection, client: str, days: list[str], table: pl.DataFrame) -> None:
@@ -1826,8 +1826,7 @@ STORED_ADDITIVE = {
 STORED_DAYS_SQL = (
     "SELECT json_object("
     + ", ".join(f"'{n}', json_group_array({sql})" for n, sql in STORED_ADDITIVE.items())
-    + ") FROM processed_sales WHERE client_id = ?"
-    " AND transaction_date IN (SELECT value FROM json_each(?))"
+    + f") FROM processed_sales WHERE {DAYS_WHERE}"
 )
 STORED_DAYS_SCHEMA = {c: pl.List(SALES_SCHEMA.get(c, pl.Int64)) for c in STORED_ADDITIVE}
 
@@ -2882,10 +2881,10 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, fl
     timings): read: zlib inflating the tail alone; verify: BLAKE3 over the compressed
     history already in memory; parse: Polars' CSV reader on the new text alone (no
     checks, no line numbers); transform: the new rows' transformation without the merge
-    into the stored days; write: SQLite alone deleting the touched days and inserting
-    the merged rows, in the same multi-row INSERTs with their parameters prebuilt, and
-    committing (no pandas, no conversions). Empty when the step
-    would not resume from an access point.
+    into the stored days; write: SQLite alone deleting the touched days, inserting the
+    merged rows in the same multi-row INSERTs with their parameters prebuilt, storing
+    the checkpoint and the access points, and committing (no pandas, no conversions).
+    Empty when the step would not resume from an access point.
     """
     db = scratch / "floors.db"
     copy_db(state, db)
@@ -2909,9 +2908,7 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, fl
         stored = existing_days(con, cfg.client, touched)
         merged = finalize(sum_additive(pl.concat([stored, new.aggregated]))).rows()
         before = con.execute(
-            "SELECT * FROM processed_sales WHERE client_id = ?"
-            " AND transaction_date IN (SELECT value FROM json_each(?))",
-            (cfg.client, json.dumps(touched)),
+            f"SELECT * FROM processed_sales WHERE {DAYS_WHERE}", (cfg.client, json.dumps(touched))
         ).fetchall()
         row = f"({', '.join('?' * len(SALES_TABLE))})"
         per = insert_rows(con, len(SALES_TABLE))

@@ -259,7 +259,7 @@ def test_fuzzed_zip_and_maturity_follow_the_cleaning_rules(zip_raw, maturity):
         zips=main.pl.DataFrame({"zip_code": list(zip_state), "state": list(zip_state.values())}),
         skus=main.pl.DataFrame({"sku_id": ["SKU-1"], "sku_group": ["G1"]}),
     )
-    art = main.process_transactions(parsed(line.encode()).lazy(), "c", lookups)
+    art = main.process_transactions(parsed(line.encode()), "c", lookups)
     assert not rejected and art.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
     got = main.finalize(art.aggregated).row(0, named=True)
     key = (

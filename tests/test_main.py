@@ -49,7 +49,7 @@ LOOKUPS = main.Lookups(
 def process(*rows: str) -> main.PipelineArtifacts:
     """process_transactions over hand-written CSV lines (no header)."""
     body = "".join(r + "\n" for r in rows).encode()
-    return main.process_transactions(parsed(body).lazy(), "c", LOOKUPS)
+    return main.process_transactions(parsed(body), "c", LOOKUPS)
 
 
 def one_row(row: str) -> tuple[dict, dict[str, int]]:
@@ -285,7 +285,7 @@ def test_crlf_line_ends_give_the_answer_of_lf_line_ends():
     crlf = "".join(r + "\r\n" for r in rows).encode()
     a, b = parsed(lf), parsed(crlf)
     assert a.equals(b)  # no field keeps a "\r", not even the empty last ones
-    art = main.process_transactions(b.lazy(), "c", LOOKUPS)
+    art = main.process_transactions(b, "c", LOOKUPS)
     assert art.rejected["raw_line"].to_list() == ["1,2025-10-02,SKU-2,3,4.00"]
     assert art.counters["zip_missing"] == 1 and art.counters["maturity_imputed"] == 1
     assert art.rejected["line_number"].to_list() == [5]
@@ -299,7 +299,7 @@ def test_zero_revenue_day_has_share_zero_not_nan():
 
 def test_invalid_utf8_and_nul_bytes_are_judged_per_row():
     body = b"1,2025-10-01,SKU-1,2,10.50,2025-11-01,94\xff107\n2,2025-10-01,SKU-1,1,1.00,,9\x0041\n"
-    art = main.process_transactions(parsed(body).lazy(), "c", LOOKUPS)
+    art = main.process_transactions(parsed(body), "c", LOOKUPS)
     assert art.aggregated["order_count"].sum() == 2 and art.counters["rows_rejected"] == 0
     assert art.counters["zip_international"] == 2  # the damage splits the five digits
 

@@ -119,6 +119,10 @@ def test_floors_measure_every_stage_and_leave_the_state_as_it_was(four_days, tmp
     assert list(floors) == list(main.STAGES) and all(s > 0 for s in floors.values())
     with contextlib.closing(main.connect(tmp_path / "floors.db")) as after:
         assert state(after).equals(before)  # every write undone
+    # The full refresh's floors: its four stages, on the whole archive, nothing left behind.
+    full = main.measure_full_floors(cfg, db, tmp_path)
+    assert list(full) == ["read", "parse", "transform", "write"] and min(full.values()) > 0
+    assert not (tmp_path / "floors-full.db").exists()
     # A first day has no state to resume from: no floors.
     fresh_db(tmp_path / "empty.db").close()
     assert main.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) == {}

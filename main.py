@@ -1185,17 +1185,8 @@ def fast_parse(
     if b"\r" in data and lone_cr(data):
         return None  # a CR alone ends a line for Python's csv module, not for Polars
     names = [f"column_{i}" for i in range(len(header.columns))]
-    try:
-        frame = pl.read_csv(
-            data,
-            has_header=False,
-            schema=dict.fromkeys(names, pl.String),
-            encoding="utf8-lossy",  # invalid UTF-8 becomes U+FFFD: the row is judged, not the file
-            empty_string_is_null=False,
-            truncate_ragged_lines=False,
-            raise_if_empty=False,
-        )
-    except pl.exceptions.PolarsError:
+    frame = read_fields(data, names)
+    if frame is None:
         return None
     records = frame.height
     ends = records - (0 if data.endswith(b"\n") else 1)
@@ -1230,6 +1221,26 @@ def fast_parse(
     ).item():
         return None
     return rows
+
+
+def read_fields(data: bytes, names: list[str]) -> pl.DataFrame | None:
+    """Polars' reader on whole records, every field as text; None if it cannot read them.
+
+    Strict UTF-8 first, as it is the faster read; text that is not valid UTF-8 is read
+    again with U+FFFD in its place (the row is judged, not the file).
+    """
+    for encoding in ("utf8", "utf8-lossy"):
+        with contextlib.suppress(pl.exceptions.PolarsError):
+            return pl.read_csv(
+                data,
+                has_header=False,
+                schema=dict.fromkeys(names, pl.String),
+                encoding=encoding,
+                empty_string_is_null=False,
+                truncate_ragged_lines=False,
+                raise_if_empty=False,
+            )
+    return None
 
 
 QUOTE_CHECK_BYTES = 16 << 20  # the quote check looks at this much text at a time

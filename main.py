@@ -1139,7 +1139,9 @@ class PipelineArtifacts:
     lines_read: int = 0  # lines they span (a quoted field may hold line ends)
 
 
-def parse_block(block: bytes, first_line: int, header: Header) -> tuple[pl.DataFrame, int]:
+def parse_block(
+    block: bytes, first_line: int, header: Header, check_values: bool = True
+) -> tuple[pl.DataFrame, int]:
     """Parse stage: the block's records as rows of raw fields, and the lines they span.
 
     Rows carry their line number (where the record starts), the seven fields as
@@ -1148,10 +1150,12 @@ def parse_block(block: bytes, first_line: int, header: Header) -> tuple[pl.DataF
     shape does not add up, or that holds a rejected record whose raw text the fields
     cannot give back, is cut into pieces of about SUB_BLOCK_BYTES, and the pieces that
     still fail are read record by record, so a bad record is rejected alone.
+    `check_values=False` leaves the last check to the caller (block_artifacts), which
+    learns of rejected values from the transformation anyway.
     """
     newlines = count_byte(block, LF)  # counted once: the lines spanned, and fast_parse's check
     lines = newlines + (1 if block and not block.endswith(b"\n") else 0)
-    rows = fast_parse(block, first_line, header, newlines)
+    rows = fast_parse(block, first_line, header, newlines, check_values)
     if rows is None:
         parts = []
         for piece, line in pieces(block, first_line):
@@ -1166,8 +1170,18 @@ def empty_rows() -> pl.DataFrame:
     return pl.DataFrame(schema=PARSED_SCHEMA)
 
 
+def raw_from_fields(data: bytes, header: Header) -> bool:
+    """Whether a record's raw text can be rebuilt from its fields: only for unquoted
+    records whose columns are the seven, in order."""
+    return header.columns == tuple(COLUMNS) and b'"' not in data
+
+
 def fast_parse(
-    data: bytes, first_line: int, header: Header, newlines: int | None = None
+    data: bytes,
+    first_line: int,
+    header: Header,
+    newlines: int | None = None,
+    check_values: bool = True,
 ) -> pl.DataFrame | None:
     """The records of `data` through Polars' CSV reader, or None where that is not exact.
 
@@ -1214,11 +1228,12 @@ def fast_parse(
         reason=pl.lit(None, pl.String),
         raw_line=pl.lit(None, pl.String),
     )
-    # A rejected row's raw text is rebuilt from its fields; that is exact only for
-    # unquoted records whose columns are the seven, in order.
-    if (quoted or header.columns != tuple(COLUMNS)) and rows.select(
-        value_reason(typed_columns(rows)).is_not_null().any()
-    ).item():
+    # A rejected row's raw text is rebuilt from its fields (raw_from_fields).
+    if (
+        check_values
+        and (quoted or header.columns != tuple(COLUMNS))
+        and rows.select(value_reason(typed_columns(rows)).is_not_null().any()).item()
+    ):
         return None
     return rows
 
@@ -1243,7 +1258,9 @@ def read_fields(data: bytes, names: list[str]) -> pl.DataFrame | None:
     return None
 
 
-QUOTE_CHECK_BYTES = 16 << 20  # the quote check looks at this much text at a time
+# The quote check and the byte counts look at this much text at a time: their temporary
+# arrays stay small enough for the processor's cache, whatever the block.
+QUOTE_CHECK_BYTES = 1 << 20
 
 
 def count_byte(data: bytes, byte: int) -> int:
@@ -1540,6 +1557,7 @@ def process_blocks(
     clocks accumulate over the blocks. `keep`, if given, selects the parsed rows to
     process (a peer's shortcut; the pipelines process every row they read).
     """
+    task = (client, lookups)
     parts = []
     # Closed on any error too: its read's inflating thread stops now, not whenever the
     # traceback that holds this frame goes.
@@ -1549,19 +1567,47 @@ def process_blocks(
                 block = next(texts, None)
             if block is None:
                 break
-            with clock.stage("parse"):
-                rows, lines = parse_block(block, first_line, blocks.header)
-                del block  # the text is in `rows` now
-                if keep is not None:
-                    rows = rows.filter(keep)
-            with clock.stage("transform"):
-                parts.append(process_transactions(rows, client, lookups))
-            parts[-1].lines_read = lines
-            first_line += lines
+            handed = [block]
+            del block  # block_artifacts holds the only reference, and lets go once it can
+            parts.append(block_artifacts(handed, first_line, blocks.header, clock, keep, task))
+            first_line += parts[-1].lines_read
     with clock.stage("transform"):
         if not parts:  # nothing new: an empty result with the right columns
             return process_transactions(empty_rows(), client, lookups)
         return parts[0] if len(parts) == 1 else combine(parts)
+
+
+def block_artifacts(
+    handed: list[bytes],
+    first_line: int,
+    header: Header,
+    clock: Stopwatch,
+    keep: pl.Expr | None,
+    task: tuple[str, Lookups],
+) -> PipelineArtifacts:
+    """One block (alone in `handed`) parsed and transformed (`task`: the client and the
+    lookups).
+
+    The values are judged once, by the transformation; where a record is rejected for
+    them and its raw text cannot be rebuilt from its fields (raw_from_fields), the
+    block is parsed again exactly, its raw text kept for rejected_rows.
+    """
+    block = handed.pop()
+    exact = raw_from_fields(block, header)
+    for check_values in (False, True):
+        with clock.stage("parse"):
+            rows, lines = parse_block(block, first_line, header, check_values)
+            if exact:
+                block = b""  # the text is in `rows` now, and no second parse needs it
+            if keep is not None:
+                rows = rows.filter(keep)
+        with clock.stage("transform"):
+            part = process_transactions(rows, *task)
+        del rows
+        if exact or check_values or not part.counters["rows_rejected"]:
+            break
+    part.lines_read = lines
+    return part
 
 
 def sum_additive(frame: pl.DataFrame) -> pl.DataFrame:

@@ -140,6 +140,32 @@ def test_broken_quoting_is_rejected_record_by_record(tmp_path):
     assert full.rejected["line_number"].to_list() == [152, 154]
 
 
+@pytest.mark.parametrize("form", ["quoted", "reordered"])
+def test_a_value_rejected_record_keeps_its_exact_raw_text(form, tmp_path):
+    # The raw text of a quoted or reordered record cannot be rebuilt from its fields:
+    # a record rejected for its values sends its block back to the exact reader.
+    def written(line: str) -> str:
+        fields = line.split(",")
+        if form == "reordered":
+            return ",".join(fields[::-1])
+        return ",".join(f'"{f}"' for f in fields)
+
+    bad = [
+        "151,2025-13-01,SKU-1,2,3.50,2025-12-01,94107",  # no such month
+        "152,2025-10-01,SKU-1,two,3.50,2025-12-01,94107",
+    ]
+    head = ",".join(HEADER.split(",")[::-1]) if form == "reordered" else written(HEADER)
+    lines = [head, *map(written, good_rows(1, 150) + bad + good_rows(153, 2000))]
+    feed = write_days(tmp_path / "data", ["\r\n".join(lines).encode() + b"\r\n"])
+    con = replay(feed, tmp_path / "db.sqlite", [1])
+    table, _, oracle_rejected = oracle_for(feed, "client_1", 1)
+    assert_table_matches(state(con), table)
+    assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected
+    assert [raw for _, _, raw in rejected(con)] == [written(b) for b in bad]
+    full = full_recompute(feed, 1)
+    assert full.rejected["raw_line"].to_list() == [written(b) for b in bad]
+
+
 def test_a_quote_left_open_in_a_plain_feed_stops_the_run_in_one_line(tmp_path):
     # With no later quote to close it, the record runs to the end of the file: far over
     # the 1% of rejected rows, so the step stops and changes nothing.

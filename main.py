@@ -1071,30 +1071,40 @@ class Lookups:
     zips: pl.DataFrame  # zip_code -> state (a key listed twice: its first row)
     skus: pl.DataFrame  # sku_id -> sku_group
 
-    @functools.cached_property
-    def zip_flags(self) -> pl.Series:
-        """Indexed by a five-digit code read as a number: 1 if the code is listed, plus 2
-        if its state is LOCAL_STATE. A cleaned zip_code is always five ASCII digits, so one
-        gather replaces a join on text; listed codes of another shape can match nothing."""
-        five = self.zips.filter(pl.col("zip_code").str.contains(r"^[0-9]{5}$"))
-        flags = np.zeros(10**5, np.uint8)
-        local = (five["state"] == LOCAL_STATE).fill_null(False).to_numpy()
-        flags[five["zip_code"].cast(pl.UInt32).to_numpy()] = 1 + 2 * local
-        return pl.Series("zip_flags", flags)
+    # Derived once, with the lookups (before any clock), for the transformation:
+    zip_flags: pl.Series = field(init=False)  # see lookup_arrays
+    groups: pl.Series = field(init=False)  # every sku_group, UNKNOWN_SKU_GROUP included
+    sku_index: tuple[pl.Series, pl.Series] = field(init=False)  # sku_id, index in groups
 
-    @functools.cached_property
-    def groups(self) -> pl.Series:
-        """Every sku_group, UNKNOWN_SKU_GROUP included: rows group on an index into these."""
-        groups = self.skus["sku_group"].unique(maintain_order=True)
-        if UNKNOWN_SKU_GROUP not in groups:
-            groups = groups.append(pl.Series([UNKNOWN_SKU_GROUP]))
-        return groups
+    def __post_init__(self) -> None:
+        for name, value in zip(
+            ("zip_flags", "groups", "sku_index"), lookup_arrays(self.zips, self.skus), strict=True
+        ):
+            object.__setattr__(self, name, value)
 
-    @functools.cached_property
-    def sku_index(self) -> tuple[pl.Series, pl.Series]:
-        """Each listed sku_id, and the index of its sku_group in `groups`."""
-        index = pl.int_range(len(self.groups), eager=True, dtype=pl.UInt32)
-        return self.skus["sku_id"], self.skus["sku_group"].replace_strict(self.groups, index)
+
+def lookup_arrays(
+    zips: pl.DataFrame, skus: pl.DataFrame
+) -> tuple[pl.Series, pl.Series, tuple[pl.Series, pl.Series]]:
+    """The lookups as the transformation uses them.
+
+    `zip_flags`, indexed by a five-digit code read as a number: 1 if the code is
+    listed, plus 2 if its state is LOCAL_STATE (a cleaned zip_code is always five
+    ASCII digits, so one gather replaces a join on text; listed codes of another shape
+    can match nothing). `groups`: every sku_group, UNKNOWN_SKU_GROUP included, rows
+    group on an index into these. `sku_index`: each listed sku_id and the index of its
+    group (null for a listed sku_id without a group: unmatched, as an absent one).
+    """
+    five = zips.filter(pl.col("zip_code").str.contains(r"^[0-9]{5}$"))
+    flags = np.zeros(10**5, np.uint8)
+    local = (five["state"] == LOCAL_STATE).fill_null(False).to_numpy()
+    flags[five["zip_code"].cast(pl.UInt32).to_numpy()] = 1 + 2 * local
+    groups = skus["sku_group"].drop_nulls().unique(maintain_order=True)
+    if UNKNOWN_SKU_GROUP not in groups:
+        groups = groups.append(pl.Series([UNKNOWN_SKU_GROUP]))
+    index = pl.int_range(len(groups), eager=True, dtype=pl.UInt32)
+    sku_index = skus["sku_group"].replace_strict(groups, index, default=None)
+    return pl.Series("zip_flags", flags), groups, (skus["sku_id"], sku_index)
 
 
 _LOOKUPS: dict[Path, Lookups] = {}

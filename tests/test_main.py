@@ -117,6 +117,30 @@ def test_unknown_sku_goes_to_group_unknown():
     assert got["sku_group"] == "UNKNOWN" and fired == {"sku_unmatched": 1}
 
 
+def test_lookups_of_odd_shape_keep_the_rules():
+    # A listed sku without a group is unmatched, as an absent one; a group named UNKNOWN
+    # shares the key of the unmatched rows; a listed code of another shape matches
+    # nothing, and the state decides `local` whatever the code's position in the list.
+    lookups = main.Lookups(
+        zips=pl.DataFrame({"zip_code": ["9410", "00501", "96162"], "state": ["CA", "NY", "CA"]}),
+        skus=pl.DataFrame({"sku_id": ["S-A", "S-B", "S-C"], "sku_group": [None, "UNKNOWN", "G1"]}),
+    )
+    lines = [
+        "1,2025-10-01,S-A,1,1.00,2025-11-01,9410",  # four digits: international, unknown
+        "2,2025-10-01,S-B,2,2.00,2025-11-01,00501",
+        "3,2025-10-01,S-C,3,3.00,2025-11-01,96162",
+        "4,2025-10-01,S-Z,4,4.00,2025-11-01,00501",
+    ]
+    art = main.process_transactions(parsed("".join(x + "\n" for x in lines).encode()), "c", lookups)
+    got = {
+        (r["sku_group"], r["local"]): (r["order_count"], r["total_quantity"])
+        for r in art.aggregated.to_dicts()
+    }
+    assert got == {("UNKNOWN", False): (3, 7), ("G1", True): (1, 3)}
+    assert art.counters["sku_unmatched"] == 2 and art.counters["zip_international"] == 1
+    assert art.counters["zip_unknown"] == 1  # 00000 is not listed here
+
+
 @pytest.mark.parametrize(
     ("bad", "reason"),
     [

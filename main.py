@@ -108,11 +108,9 @@ POINT_TAIL_BYTES = 8 << 20  # access points are kept only this close to the stre
 ACCESS_POINTS_KEPT = 3  # block boundaries kept per client: appending a day rewrites the
 # last one or two blocks of the stream, so the latest boundary may not survive it
 # Text parsed at once, at least: a block is cut at the last record end once this much has
-# gathered (ISA-L hands text over about 4 MiB at a time, so the baseline's blocks are
-# about 11.7 MiB). It bounds memory: a block's text, its frame and the streaming engine's
-# buffers are what a whole read holds (measured on the 97 MiB archive: peak 387 MiB with
-# 128 MiB, 254 with 32, 190 with 16, 165 with 8, no time difference above the noise).
-# A day's new rows (5 MiB) are one block.
+# gathered (ISA-L hands text over a few MiB at a time, so blocks run larger). It bounds
+# memory: a block's text, its frame and the transformation's columns are what a whole
+# read holds; larger blocks cost memory and gained no time (docs/design.md, Memory).
 BLOCK_BYTES = 8 << 20
 SUB_BLOCK_BYTES = 1 << 20  # a block that fails Polars' reader is retried in pieces this big
 QUOTE, COMMA, CR, LF = b'",\r\n'  # the bytes the quote check looks at around each quote
@@ -1408,15 +1406,23 @@ def typed_columns(rows: pl.DataFrame) -> dict[str, pl.Expr]:
     }
 
 
+# Why a record's values cannot be aggregated, by the typed column that is null.
+VALUE_REASONS = {
+    "tx_date": "transaction_date is not a valid YYYY-MM-DD date",
+    "quantity": "quantity_sold is not an integer",
+    "revenue_cents": "revenue_usd is not a number",
+}
+
+
 def value_reason(typed: dict[str, pl.Expr]) -> pl.Expr:
     """Why a record's values cannot be aggregated (null when they can)."""
     return (
         pl.when(typed["tx_date"].is_null())
-        .then(pl.lit("transaction_date is not a valid YYYY-MM-DD date"))
+        .then(pl.lit(VALUE_REASONS["tx_date"]))
         .when(typed["quantity"].is_null())
-        .then(pl.lit("quantity_sold is not an integer"))
+        .then(pl.lit(VALUE_REASONS["quantity"]))
         .when(typed["revenue_cents"].is_null())
-        .then(pl.lit("revenue_usd is not a number"))
+        .then(pl.lit(VALUE_REASONS["revenue_cents"]))
     )
 
 
@@ -1598,9 +1604,10 @@ def block_artifacts(
     """One block (alone in `handed`) parsed and transformed (`task`: the client and the
     lookups).
 
-    The values are judged once, by the transformation; where a record is rejected for
-    them and its raw text cannot be rebuilt from its fields (raw_from_fields), the
-    block is parsed again exactly, its raw text kept for rejected_rows.
+    The values are judged by the transformation, not again by the parse; where a
+    record is rejected for them and its raw text cannot be rebuilt from its fields
+    (raw_from_fields), the block is parsed again exactly, its raw text kept for
+    rejected_rows.
     """
     block = handed.pop()
     exact = raw_from_fields(block, header)
@@ -1614,7 +1621,8 @@ def block_artifacts(
         with clock.stage("transform"):
             part = process_transactions(rows, *task)
         del rows
-        if exact or check_values or not part.counters["rows_rejected"]:
+        values = part.rejected["reason"].is_in(list(VALUE_REASONS.values()))
+        if exact or check_values or not values.any():
             break
     part.lines_read = lines
     return part
@@ -2578,17 +2586,19 @@ def run_polars_in_memory(db: Path, data_dir: Path, client: str, day: int) -> Run
         member = locate_member(path, day)
         text = read_member_whole(member)
     with clock.stage("parse"):
+        header = read_header(path, text[:HEADER_BYTES])  # its names trimmed, as the rules say
         frame = pl.read_csv(
             text,
-            columns=COLUMNS,
-            schema_overrides=dict.fromkeys(COLUMNS, pl.String),
+            new_columns=list(header.columns),
+            columns=[header.columns.index(c) for c in COLUMNS],
             infer_schema=False,
             encoding="utf8-lossy",
             empty_string_is_null=False,
+            truncate_ragged_lines=True,  # a long record is cut, and shows in the parity
         )
         size = len(text)
         del text
-        first = 2  # the header is line 1; records are taken to be one line each
+        first = header.lines + 1  # records are taken to be one line each
         rows = frame.select(
             (pl.int_range(pl.len(), dtype=pl.Int64) + first).alias("line_number"),
             *COLUMNS,
@@ -3822,10 +3832,10 @@ FULL_FLOOR_WHAT = {
 
 
 def render_floors(results: dict[str, Any]) -> list[str]:
-    """The incremental step's stages beside their floors."""
+    """The incremental step's stages beside their floors, then the full refresh's."""
     floors = results["floors"]
     if not floors:
-        return []
+        return render_full_floors(results)
     return [
         "### The incremental step against its floor",
         "",

@@ -60,8 +60,10 @@ def one_row(row: str) -> tuple[dict, dict[str, int]]:
     return art.aggregated.row(0, named=True), fired
 
 
-def row(zip_raw: str = "94107", maturity: str = "2025-11-01", sku: str = "SKU-1") -> str:
-    return f"1,2025-10-01,{sku},2,10.50,{maturity},{zip_raw}"
+def row(
+    zip_raw: str = "94107", maturity: str = "2025-11-01", sku: str = "SKU-1", tx: str = "2025-10-01"
+) -> str:
+    return f"1,{tx},{sku},2,10.50,{maturity},{zip_raw}"
 
 
 @pytest.mark.parametrize("zip_raw", ["", "   ", "\t"])
@@ -130,15 +132,32 @@ def test_lookups_of_odd_shape_keep_the_rules():
         "2,2025-10-01,S-B,2,2.00,2025-11-01,00501",
         "3,2025-10-01,S-C,3,3.00,2025-11-01,96162",
         "4,2025-10-01,S-Z,4,4.00,2025-11-01,00501",
+        "5,2025-10-01,S-C,5,5.00,2025-11-01,09410",  # five digits, listed only as 9410
+        "6,2025-10-01,S-C,6,6.00,2025-11-01,+9410",  # a sign is no digit: international
     ]
     art = main.process_transactions(parsed("".join(x + "\n" for x in lines).encode()), "c", lookups)
     got = {
         (r["sku_group"], r["local"]): (r["order_count"], r["total_quantity"])
         for r in art.aggregated.to_dicts()
     }
-    assert got == {("UNKNOWN", False): (3, 7), ("G1", True): (1, 3)}
-    assert art.counters["sku_unmatched"] == 2 and art.counters["zip_international"] == 1
-    assert art.counters["zip_unknown"] == 1  # 00000 is not listed here
+    assert got == {("UNKNOWN", False): (3, 7), ("G1", True): (1, 3), ("G1", False): (2, 11)}
+    assert art.counters["sku_unmatched"] == 2 and art.counters["zip_international"] == 2
+    assert art.counters["zip_unknown"] == 3  # 09410, and 00000 twice: not listed here
+
+
+def test_dates_far_from_today_keep_their_key():
+    # Rows group on the dates packed into one integer: the years 0001 to 9999, before
+    # 1970 as after, and the longest maturities come back as they went in.
+    got, _ = one_row(row(tx="1969-12-31", maturity="9999-12-31"))
+    assert (str(got["transaction_date"]), str(got["maturity_date"])) == ("1969-12-31", "9999-12-31")
+    got, _ = one_row(row(tx="0001-01-01", maturity="0001-01-01"))
+    assert (str(got["transaction_date"]), str(got["maturity_date"])) == ("0001-01-01", "0001-01-01")
+    table = main.finalize(
+        main.process_transactions(
+            parsed(b"1,1969-12-31,SKU-1,2,1.00,,9\n"), "c", LOOKUPS
+        ).aggregated
+    )
+    assert table.row(0, named=True)["maturity_date"] == "1970-01-03"
 
 
 @pytest.mark.parametrize(

@@ -232,7 +232,7 @@ def test_quoted_line_ends_across_block_boundaries_keep_lines_and_parity(tmp_path
 
 def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
     names = HEADER.split(",")
-    order = [names[6], "store", *names[:6], "note"]
+    order = [names[6], "store", f" {names[0]} ", *names[1:6], "note"]  # names are trimmed
 
     def reorder(row: str, i: int) -> str:
         f = row.split(",")
@@ -255,11 +255,19 @@ def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
     args = ["--data-dir", str(feed), "--db", str(out / "db"), "--day", "2", "--repeat", "1"]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main.main([*args, "--no-sweep", "--report", str(out / "r.md")]) == 0
+        assert main.main([*args, "--no-sweep", "--no-peers", "--report", str(out / "r.md")]) == 0
     assert printed.getvalue().count("extra column(s) ignored: store, note") == 1
     report = (out / "r.md").read_text()
     said = "byte-order mark, CRLF line ends, quoted fields, columns reordered, extra columns"
     assert f"| CSV dialect read | {said} ignored: store, note |" in report
+    # The in-memory peer reads such a file by name too.
+    peer = out / "peer.db"
+    fresh_db(peer).close()
+    main.run_polars_in_memory(peer, feed, "client_1", 2)
+    with contextlib.closing(main.connect(peer)) as con:
+        rows = con.execute("SELECT * FROM processed_sales_full_refresh").fetchall()
+    names = [c for c, _ in main.SALES_TABLE.items()]
+    assert_table_matches(main.pl.DataFrame(rows, schema=names, orient="row"), table)
 
 
 @pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP zip is not installed here")

@@ -723,7 +723,7 @@ def test_earlier_day_under_memory_profiler_replays_and_prints_one_table_each(
     out, args, _ = benchmark_run
     db = tmp_path / "db.sqlite"  # a copy: the other tests read the run's day-3 database
     main.copy_db(out / "db.sqlite", db)
-    earlier = [*args[:2], "--db", str(db), "--day", "2", "--repeat", "1"]
+    earlier = [*args[:2], "--db", str(db), "--day", "2", "--repeat", "1", "--no-peers"]
     earlier += ["--report", str(tmp_path / "r2.md")]
     proc = subprocess.run(
         [sys.executable, "-m", "memory_profiler", str(ROOT / "main.py"), *earlier],
@@ -906,7 +906,7 @@ def test_a_killed_run_leaves_no_worker_and_the_next_run_removes_its_scratch(medi
     # removes the leftover, says so, and leaves no scratch of its own.
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main.main([*args, "--day", "2", "--repeat", "1"]) == 0
+        assert main.main([*args, "--day", "2", "--repeat", "1", "--no-peers"]) == 0
     assert f"removed {leftovers[0]}, the scratch folder of a run that did not finish" in (
         printed.getvalue()
     )

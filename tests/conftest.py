@@ -15,7 +15,7 @@ import polars as pl  # noqa: E402
 from oracle import expected  # noqa: E402
 
 import generate_data  # noqa: E402
-import main  # noqa: E402
+from incremental_bench import blocks, config, parity, parse, pipelines, store  # noqa: E402
 
 TINY = ["--days", "3", "--base-rows", "3000", "--daily-rows", "300", "--seed", "7"]
 
@@ -53,12 +53,12 @@ def medium_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 HEADER = (
     "transaction_id,transaction_date,sku_id,quantity_sold,revenue_usd,maturity_date,zip_code_raw"
 )
-PLAIN_HEADER = main.read_header(Path("feed.csv"), (HEADER + "\n").encode())
+PLAIN_HEADER = blocks.read_header(Path("feed.csv"), (HEADER + "\n").encode())
 
 
 def parsed(body: bytes, first_line: int = 2) -> pl.DataFrame:
     """The parse stage's rows for CSV records under the spec's own header."""
-    return main.parse_block(body, first_line, PLAIN_HEADER)[0]
+    return parse.parse_block(body, first_line, PLAIN_HEADER)[0]
 
 
 HAND_ZIPS = {"94107": "CA", "90210": "CA", "10001": "NY", "00000": ""}
@@ -104,7 +104,7 @@ def oracle_for(feed: Path, client: str, day: int) -> tuple[dict, dict, list]:
 
 def assert_table_matches(frame: pl.DataFrame, table: dict) -> None:
     """Same keys as the oracle's table; integers equal, floats within 1e-9 relative."""
-    got = {tuple(r[k] for k in main.KEY): r for r in frame.iter_rows(named=True)}
+    got = {tuple(r[k] for k in config.KEY): r for r in frame.iter_rows(named=True)}
     assert set(got) == set(table)
     for key, want in table.items():
         for column, value in want.items():
@@ -114,21 +114,21 @@ def assert_table_matches(frame: pl.DataFrame, table: dict) -> None:
                 assert got[key][column] == value, (key, column)
 
 
-def fresh_db(path: Path) -> main.Connection:
+def fresh_db(path: Path) -> store.Connection:
     """A database with the current schema and nothing in it."""
-    con = main.connect(path)
-    main.ensure_schema(con, print)
+    con = store.connect(path)
+    store.ensure_schema(con, print)
     return con
 
 
-def replay(feed: Path, db: Path, days: range | list[int]) -> main.Connection:
+def replay(feed: Path, db: Path, days: range | list[int]) -> store.Connection:
     """client_1's incremental state after running the given days in order."""
     con = fresh_db(db)
     for day in days:
-        main.incremental_step(con, feed, "client_1", day)
+        pipelines.incremental_step(con, feed, "client_1", day)
     return con
 
 
-def state(con: main.Connection) -> pl.DataFrame:
+def state(con: store.Connection) -> pl.DataFrame:
     """client_1's rows of processed_sales."""
-    return main.sales_rows(con, "processed_sales", "client_1")
+    return parity.sales_rows(con, "processed_sales", "client_1")

@@ -11,6 +11,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 from conftest import (
     HEADER,
@@ -28,6 +29,7 @@ from hypothesis import strategies as st
 from oracle import expected
 
 import main
+from incremental_bench import blocks, config, pipelines, store, transform
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +47,11 @@ def test_late_rows_keep_parity_on_every_day(late_feed, tmp_path):
     grew = []
     for day in range(1, 8):
         yesterday = f"2025-10-{day - 1:02d}" if day > 1 else "none"
-        before = state(con).filter(main.pl.col("transaction_date") == yesterday)
-        main.incremental_step(con, late_feed, "client_1", day)
+        before = state(con).filter(pl.col("transaction_date") == yesterday)
+        pipelines.incremental_step(con, late_feed, "client_1", day)
         table, _, _ = oracle_for(late_feed, "client_1", day)
         assert_table_matches(state(con), table)
-        after = state(con).filter(main.pl.col("transaction_date") == yesterday)
+        after = state(con).filter(pl.col("transaction_date") == yesterday)
         grew.append(after["order_count"].sum() > before["order_count"].sum())
     # Late rows landed on dates already processed: merged there, not lost.
     assert sum(grew[2:]) == 5
@@ -58,10 +60,10 @@ def test_late_rows_keep_parity_on_every_day(late_feed, tmp_path):
 def test_gap_day_7_right_after_day_5_and_reruns_change_nothing(late_feed, tmp_path):
     con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2, 3, 3, 4, 5, 5, 7, 7):
-        main.incremental_step(con, late_feed, "client_1", day)
+        pipelines.incremental_step(con, late_feed, "client_1", day)
     table, _, _ = oracle_for(late_feed, "client_1", 7)
     assert_table_matches(state(con), table)
-    assert main.read_checkpoint(con, "client_1").last_day == 7
+    assert store.read_checkpoint(con, "client_1").last_day == 7
 
 
 def rows(n: int, start: int = 1) -> list[str]:
@@ -86,12 +88,12 @@ def test_restated_history_is_detected_and_the_client_rebuilt(restate, tmp_path):
     assert restate(day1) != day1 and ",6.01," in day1[0]
     feed = write_feed(tmp_path / "data", [day1, day2])
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, "client_1", 1)
+    pipelines.incremental_step(con, feed, "client_1", 1)
     # Day 2's archive no longer starts with what day 1 held.
     text = HEADER + "\n" + "".join(r + "\n" for r in restate(day1) + day2)
     with zipfile.ZipFile(feed / "client_1/transactions_day_2.zip", "w") as zf:
         zf.writestr("transactions_day_2.csv", text)
-    record = main.incremental_step(con, feed, "client_1", 2)
+    record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert "restatement detected in client_1 day 2" in record.note
     table, _, _ = oracle_for(feed, "client_1", 2)
     assert_table_matches(state(con), table)
@@ -103,12 +105,15 @@ CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import main
+from pathlib import Path
+import polars as pl
+from incremental_bench import blocks, config, pipelines, store, transform
 
-point, db, feed = sys.argv[1], sys.argv[2], main.Path(sys.argv[3])
+point, db, feed = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 calls = {{"write_frame": 0}}
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
-real_write, real_commit = main.write_frame, main.Connection.commit
-real_execute = main.Connection.execute
+real_write, real_commit = store.write_frame, store.Connection.commit
+real_execute = store.Connection.execute
 
 def write_frame(con, table, frame):
     calls["write_frame"] += 1
@@ -131,10 +136,10 @@ def execute(self, sql, *args):
         die()
     return real_execute(self, sql, *args)
 
-con = main.connect(main.Path(db))
-main.incremental_step(con, feed, "client_1", 1)
-main.write_frame, main.Connection.commit, main.Connection.execute = write_frame, commit, execute
-main.incremental_step(con, feed, "client_1", 2)
+con = store.connect(Path(db))
+pipelines.incremental_step(con, feed, "client_1", 1)
+store.write_frame, store.Connection.commit, store.Connection.execute = write_frame, commit, execute
+pipelines.incremental_step(con, feed, "client_1", 2)
 if point == "after-commit":
     die()
 """
@@ -177,11 +182,11 @@ def test_sigkill_anywhere_in_a_step_then_rerun_keeps_parity(feed_name, request, 
     for point, child in children.items():
         _, err = child.communicate(timeout=60)
         assert child.returncode == -9, (point, err)  # it really died by SIGKILL
-        con = main.connect(tmp_path / f"{point}.sqlite")
-        cp = main.read_checkpoint(con, "client_1")
+        con = store.connect(tmp_path / f"{point}.sqlite")
+        cp = store.read_checkpoint(con, "client_1")
         assert cp.last_day == (2 if point == "after-commit" else 1), point  # all or nothing
         for day in range(cp.last_day, 4):  # the rerun: from the checkpoint day (a no-op) on
-            main.incremental_step(con, late_feed, "client_1", day)
+            pipelines.incremental_step(con, late_feed, "client_1", day)
         assert_table_matches(state(con), table)  # nothing lost, nothing counted twice
         con.close()
 
@@ -216,14 +221,14 @@ def test_second_run_on_a_busy_database_stops_with_a_clear_message(tmp_path, caps
     ],
 )
 def test_a_header_without_a_column_is_one_error_naming_it(header, says):
-    with pytest.raises(main.InputError, match=r"x\.zip: .*" + re.escape(says)):
-        main.read_header(Path("x.zip"), (header + "\n1,2\n").encode() if header else b"")
+    with pytest.raises(config.InputError, match=r"x\.zip: .*" + re.escape(says)):
+        blocks.read_header(Path("x.zip"), (header + "\n1,2\n").encode() if header else b"")
 
 
 def test_any_order_extra_columns_a_bom_and_quotes_are_a_header():
     names = ["zip_code_raw", "discount", *HEADER.split(",")[:-1], "note"]
-    text = main.BOM + ",".join(f'"{n}"' for n in names).encode() + b"\r\n1,2\r\n"
-    header = main.read_header(Path("x.zip"), text)
+    text = config.BOM + ",".join(f'"{n}"' for n in names).encode() + b"\r\n1,2\r\n"
+    header = blocks.read_header(Path("x.zip"), text)
     assert header.columns == tuple(names) and header.extras == ["discount", "note"]
     assert header.length == text.index(b"\n") + 1 and header.lines == 1
     assert header.dialect() == {
@@ -255,13 +260,13 @@ def test_fuzzed_zip_and_maturity_follow_the_cleaning_rules(zip_raw, maturity):
     table, counters, rejected = expected(
         HEADER + "\n" + line + "\n", "c", zip_state, {"SKU-1": "G1"}
     )
-    lookups = main.Lookups(
-        zips=main.pl.DataFrame({"zip_code": list(zip_state), "state": list(zip_state.values())}),
-        skus=main.pl.DataFrame({"sku_id": ["SKU-1"], "sku_group": ["G1"]}),
+    lookups = transform.Lookups(
+        zips=pl.DataFrame({"zip_code": list(zip_state), "state": list(zip_state.values())}),
+        skus=pl.DataFrame({"sku_id": ["SKU-1"], "sku_group": ["G1"]}),
     )
     art = main.process_transactions(parsed(line.encode()), "c", lookups)
-    assert not rejected and art.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
-    got = main.finalize(art.aggregated).row(0, named=True)
+    assert not rejected and art.counters == {c: counters.get(c, 0) for c in config.COUNTERS}
+    got = transform.finalize(art.aggregated).row(0, named=True)
     key = (
         got["client_id"],
         got["transaction_date"],
@@ -297,7 +302,7 @@ def feed_story(draw: st.DrawFn) -> tuple[list[list[str]], int | None, list[int]]
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(story=feed_story(), block=st.sampled_from([150, 1_000, main.BLOCK_BYTES]))
+@given(story=feed_story(), block=st.sampled_from([150, 1_000, config.BLOCK_BYTES]))
 def test_any_story_of_runs_ends_equal_to_a_full_recompute(story, block, tmp_path_factory):
     # Blocks as small as a few lines too: the prefix check and the sums across blocks.
     split, restate_from, order = story
@@ -316,18 +321,18 @@ def test_any_story_of_runs_ends_equal_to_a_full_recompute(story, block, tmp_path
             with zipfile.ZipFile(path, "w") as zf:
                 zf.writestr(path.stem + ".csv", text)
     con = fresh_db(folder / "db.sqlite")
-    default_block, main.BLOCK_BYTES = main.BLOCK_BYTES, block
+    default_block, blocks.BLOCK_BYTES = blocks.BLOCK_BYTES, block
     try:
         for day in order:
-            main.incremental_step(con, feed, "client_1", day)
+            pipelines.incremental_step(con, feed, "client_1", day)
     finally:
-        main.BLOCK_BYTES = default_block
+        blocks.BLOCK_BYTES = default_block
     table, _, _ = oracle_for(feed, "client_1", order[-1])
     assert_table_matches(state(con), table)
     archive = feed / "client_1" / f"transactions_day_{order[-1]}.zip"
     with zipfile.ZipFile(archive) as zf:
         text = zf.read(archive.stem + ".csv")
-    cp = main.read_checkpoint(con, "client_1")
+    cp = store.read_checkpoint(con, "client_1")
     assert (cp.bytes_processed, cp.lines_processed) == (len(text), text.count(b"\n"))
     con.close()
     shutil.rmtree(folder)

@@ -9,6 +9,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import polars as pl
 import pytest
 from conftest import (
     HEADER,
@@ -23,6 +24,17 @@ from conftest import (
 )
 
 import main
+from incremental_bench import (
+    archive,
+    blocks,
+    clock,
+    config,
+    parse,
+    peers,
+    pipelines,
+    store,
+    transform,
+)
 
 
 @pytest.fixture(scope="module", params=["plain", "quoted", "excel"])
@@ -39,21 +51,21 @@ def write_days(data_dir: Path, texts: list[bytes]) -> Path:
     """A cumulative feed from the whole CSV bytes of each day (lookups of the hand feed)."""
     write_feed(data_dir, [[]])  # the static lookups, and a day 1 rewritten below
     for day, text in enumerate(texts, start=1):
-        archive = main.archive_path(data_dir, "client_1", day)
-        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
-            zf.writestr(archive.stem + ".csv", text)
+        zipped = archive.archive_path(data_dir, "client_1", day)
+        with zipfile.ZipFile(zipped, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(zipped.stem + ".csv", text)
     return data_dir
 
 
 def full_recompute(feed: Path, day: int) -> main.PipelineArtifacts:
-    blocks = main.scan_archive(main.archive_path(feed, "client_1", day), day)
-    lookups = main.load_lookups(feed)
-    return main.process_blocks(
-        blocks, blocks.header.lines + 1, "client_1", lookups, main.Stopwatch()
+    scan = blocks.scan_archive(archive.archive_path(feed, "client_1", day), day)
+    lookups = transform.load_lookups(feed)
+    return transform.process_blocks(
+        scan, scan.header.lines + 1, "client_1", lookups, clock.Stopwatch()
     )
 
 
-def rejected(con: main.Connection) -> list[tuple]:
+def rejected(con: store.Connection) -> list[tuple]:
     rows = con.execute("SELECT line_number, reason, raw_line FROM rejected_rows ORDER BY 1")
     return rows.fetchall()
 
@@ -61,46 +73,46 @@ def rejected(con: main.Connection) -> list[tuple]:
 def test_every_dialect_keeps_parity_with_the_oracle_on_every_day(dialect_feed, tmp_path):
     con = fresh_db(tmp_path / "db.sqlite")
     for day in range(1, 5):
-        record = main.incremental_step(con, dialect_feed, "client_1", day)
+        record = pipelines.incremental_step(con, dialect_feed, "client_1", day)
         if day > 1:  # resumed inside the archive, whatever the dialect
             assert record.read_mode.startswith("resumed"), record.read_mode
         table, counters, _ = oracle_for(dialect_feed, "client_1", day)
         assert_table_matches(state(con), table)
     full = full_recompute(dialect_feed, 4)
-    assert full.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+    assert full.counters == {c: counters.get(c, 0) for c in config.COUNTERS}
     assert full.counters["rows_rejected"] == 0 and full.rows_read == 4200
     # A rerun is a no-op, an older day is refused, in every dialect.
-    assert main.incremental_step(con, dialect_feed, "client_1", 4).note == "no-op"
-    with pytest.raises(main.StaleDayError):
-        main.incremental_step(con, dialect_feed, "client_1", 3)
+    assert pipelines.incremental_step(con, dialect_feed, "client_1", 4).note == "no-op"
+    with pytest.raises(config.StaleDayError):
+        pipelines.incremental_step(con, dialect_feed, "client_1", 3)
 
 
 def test_the_dialects_are_what_they_say(dialect_feed):
-    text = read_csv_bytes(main.archive_path(dialect_feed, "client_1", 2))
+    text = read_csv_bytes(archive.archive_path(dialect_feed, "client_1", 2))
     name = dialect_feed.parent.name.rstrip("0123456789")
     first = text.split(b"\n", 2)[1]
-    assert text.startswith(main.BOM) == (name == "excel")
+    assert text.startswith(config.BOM) == (name == "excel")
     assert text.count(b"\r\n") == (0 if name == "plain" else text.count(b"\n"))
     assert first.startswith(b'"1",') == (name == "quoted")
     if name == "excel":  # some values need their quotes: a comma or a quote inside
         assert b'"' in text and b", Apt " in text and b'""B""' in text
     # Cumulative and append-only, in every dialect.
-    assert text.startswith(read_csv_bytes(main.archive_path(dialect_feed, "client_1", 1)))
+    assert text.startswith(read_csv_bytes(archive.archive_path(dialect_feed, "client_1", 1)))
 
 
 def test_a_restated_day_in_a_quoted_feed_is_rebuilt(dialect_feed, tmp_path):
     feed = tmp_path / "data"
     shutil.copytree(dialect_feed, feed)
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, "client_1", 1)
-    day2 = main.archive_path(feed, "client_1", 2)
+    pipelines.incremental_step(con, feed, "client_1", 1)
+    day2 = archive.archive_path(feed, "client_1", 2)
     text = bytearray(read_csv_bytes(day2))
     at = text.index(b"\n", 5000) + 1  # a row of day 1 gets another transaction_id
     at += text[at] == ord('"')
     text[at] = ord("7") if text[at] != ord("7") else ord("8")
     with zipfile.ZipFile(day2, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(day2.stem + ".csv", bytes(text))
-    record = main.incremental_step(con, feed, "client_1", 2)
+    record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert "restatement detected in client_1 day 2" in record.note
     table, _, _ = oracle_for(feed, "client_1", 2)
     assert_table_matches(state(con), table)
@@ -173,10 +185,12 @@ def test_a_quote_left_open_in_a_plain_feed_stops_the_run_in_one_line(tmp_path):
     day2 = day1 + '151,2025-10-01,SKU-1,2,3.50,2025-12-01,94"107\n' + "\n".join(good_rows(152, 50))
     feed = write_days(tmp_path / "data", [day1.encode(), (day2 + "\n").encode()])
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, "client_1", 1)
-    with pytest.raises(main.InputError, match="line 152, broken quoting: a quoted field is never"):
-        main.incremental_step(con, feed, "client_1", 2)
-    assert main.read_checkpoint(con, "client_1").last_day == 1
+    pipelines.incremental_step(con, feed, "client_1", 1)
+    with pytest.raises(
+        config.InputError, match="line 152, broken quoting: a quoted field is never"
+    ):
+        pipelines.incremental_step(con, feed, "client_1", 2)
+    assert store.read_checkpoint(con, "client_1").last_day == 1
 
 
 def test_an_unterminated_quote_at_the_end_of_a_day_is_rejected_then_rebuilt(tmp_path):
@@ -187,15 +201,15 @@ def test_an_unterminated_quote_at_the_end_of_a_day_is_rejected_then_rebuilt(tmp_
     day2 = day1 + '"\n' + "\n".join(rows[200:]) + "\n"  # the next day closes it
     feed = write_days(tmp_path / "data", [day1.encode(), day2.encode()])
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, "client_1", 1)
+    pipelines.incremental_step(con, feed, "client_1", 1)
     assert rejected(con) == [(202, "broken quoting: a quoted field is never closed", open_end)]
-    assert main.read_checkpoint(con, "client_1").open_quote
-    record = main.incremental_step(con, feed, "client_1", 2)
+    assert store.read_checkpoint(con, "client_1").open_quote
+    record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert "a quoted field left open) was extended" in record.note  # rebuilt from the archive
     table, counters, _ = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 0 and rejected(con) == []
     assert_table_matches(state(con), table)
-    assert not main.read_checkpoint(con, "client_1").open_quote
+    assert not store.read_checkpoint(con, "client_1").open_quote
 
 
 def multiline_row(i: int) -> str:
@@ -208,8 +222,8 @@ def multiline_row(i: int) -> str:
 def test_quoted_line_ends_across_block_boundaries_keep_lines_and_parity(tmp_path, monkeypatch):
     # Blocks of ~2 KB and pieces of ~300 bytes: many records hold a line end inside a
     # quoted field, so cuts fall near them; line numbers count physical lines.
-    monkeypatch.setattr(main, "BLOCK_BYTES", 2_000)
-    monkeypatch.setattr(main, "SUB_BLOCK_BYTES", 300)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 2_000)
+    monkeypatch.setattr(parse, "SUB_BLOCK_BYTES", 300)
     rows = [
         multiline_row(i)
         if i % 4 == 0
@@ -227,7 +241,7 @@ def test_quoted_line_ends_across_block_boundaries_keep_lines_and_parity(tmp_path
     assert oracle_rejected[0][0] == 251 + 1 + 250 // 4  # header + rows + line ends inside
     full = full_recompute(feed, 3)
     assert full.rejected["line_number"].to_list() == [oracle_rejected[0][0]]
-    assert main.read_checkpoint(con, "client_1").lines_processed == texts[2].count("\n")
+    assert store.read_checkpoint(con, "client_1").lines_processed == texts[2].count("\n")
 
 
 def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
@@ -240,7 +254,7 @@ def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
 
     rows = good_rows(1, 400)
     texts = [
-        (main.BOM + (",".join(order) + "\r\n").encode())
+        (config.BOM + (",".join(order) + "\r\n").encode())
         + "".join(reorder(r, i) + "\r\n" for i, r in enumerate(rows[:n])).encode()
         for n in (250, 400)
     ]
@@ -263,11 +277,11 @@ def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
     # The in-memory peer reads such a file by name too.
     peer = out / "peer.db"
     fresh_db(peer).close()
-    main.run_polars_in_memory(peer, feed, "client_1", 2)
-    with contextlib.closing(main.connect(peer)) as con:
+    peers.run_polars_in_memory(peer, feed, "client_1", 2)
+    with contextlib.closing(store.connect(peer)) as con:
         rows = con.execute("SELECT * FROM processed_sales_full_refresh").fetchall()
-    names = [c for c, _ in main.SALES_TABLE.items()]
-    assert_table_matches(main.pl.DataFrame(rows, schema=names, orient="row"), table)
+    names = [c for c, _ in config.SALES_TABLE.items()]
+    assert_table_matches(pl.DataFrame(rows, schema=names, orient="row"), table)
 
 
 @pytest.mark.skipif(shutil.which("zip") is None, reason="Info-ZIP zip is not installed here")
@@ -278,14 +292,14 @@ def test_info_zip_archives_keep_parity_and_resume(tmp_path):
         *["--seed", "17", "--dialect", "excel"],
     )
     for day in (1, 2, 3):  # each day re-zipped by Info-ZIP, from the CSV on disk
-        archive = main.archive_path(feed, "client_1", day)
-        csv = archive.with_suffix(".csv")
-        csv.write_bytes(read_csv_bytes(archive))
-        archive.unlink()
-        subprocess.run(["zip", "-q", "-j", str(archive), str(csv)], check=True)
+        zipped = archive.archive_path(feed, "client_1", day)
+        csv = zipped.with_suffix(".csv")
+        csv.write_bytes(read_csv_bytes(zipped))
+        zipped.unlink()
+        subprocess.run(["zip", "-q", "-j", str(zipped), str(csv)], check=True)
         csv.unlink()
     con = fresh_db(tmp_path / "db.sqlite")
-    modes = [main.incremental_step(con, feed, "client_1", d).read_mode for d in (1, 2, 3)]
+    modes = [pipelines.incremental_step(con, feed, "client_1", d).read_mode for d in (1, 2, 3)]
     assert modes[0] == "read whole: first run" and modes[2].startswith("resumed"), modes
     table, _, _ = oracle_for(feed, "client_1", 3)
     assert_table_matches(state(con), table)
@@ -323,13 +337,13 @@ def test_records_polars_would_misread_are_read_the_exact_way_however_the_text_is
 def test_a_quote_left_open_does_not_make_reading_quadratic(tmp_path, monkeypatch):
     # No record ends after an open quote: the text must not be joined and searched
     # again for every chunk read, only each time it has doubled.
-    monkeypatch.setattr(main, "BLOCK_BYTES", 1_000)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 1_000)
     searches = []
-    real = main.last_record_end
-    monkeypatch.setattr(main, "last_record_end", lambda *a: searches.append(1) or real(*a))
+    real = blocks.last_record_end
+    monkeypatch.setattr(blocks, "last_record_end", lambda *a: searches.append(1) or real(*a))
     text = HEADER + "\n" + '1,2025-10-01,SKU-1,2,3.50,2025-12-01,"94107\n' + "x" * 400_000
     chunks = [text.encode()[i : i + 1_000] for i in range(0, len(text), 1_000)]
-    header = main.read_header(Path("x.csv"), chunks[0])
-    blocks = main.LineBlocks(Path("x.csv"), chunks, main.ReadPlan(), header)
-    assert sum(len(b) for b in blocks) == len(text) - header.length
-    assert blocks.open_quote and len(searches) <= 12  # log2(400) + 1, not 400
+    header = blocks.read_header(Path("x.csv"), chunks[0])
+    scan = blocks.LineBlocks(Path("x.csv"), chunks, blocks.ReadPlan(), header)
+    assert sum(len(b) for b in scan) == len(text) - header.length
+    assert scan.open_quote and len(searches) <= 12  # log2(400) + 1, not 400

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import datetime as dt
 import fcntl
@@ -37,10 +38,23 @@ from conftest import (
 )
 
 import main
+from incremental_bench import (
+    archive,
+    blocks,
+    clock,
+    config,
+    harness,
+    parity,
+    pipelines,
+    report,
+    results,
+    store,
+    transform,
+)
 
 # --- the cleaning rules, one case each -------------------------------------------------------
 
-LOOKUPS = main.Lookups(
+LOOKUPS = transform.Lookups(
     zips=pl.DataFrame({"zip_code": list(HAND_ZIPS), "state": list(HAND_ZIPS.values())}),
     skus=pl.DataFrame({"sku_id": list(HAND_SKUS), "sku_group": list(HAND_SKUS.values())}),
 )
@@ -123,7 +137,7 @@ def test_lookups_of_odd_shape_keep_the_rules():
     # A listed sku without a group is unmatched, as an absent one; a group named UNKNOWN
     # shares the key of the unmatched rows; a listed code of another shape matches
     # nothing, and the state decides `local` whatever the code's position in the list.
-    lookups = main.Lookups(
+    lookups = transform.Lookups(
         zips=pl.DataFrame({"zip_code": ["9410", "00501", "96162"], "state": ["CA", "NY", "CA"]}),
         skus=pl.DataFrame({"sku_id": ["S-A", "S-B", "S-C"], "sku_group": [None, "UNKNOWN", "G1"]}),
     )
@@ -152,7 +166,7 @@ def test_dates_far_from_today_keep_their_key():
     assert (str(got["transaction_date"]), str(got["maturity_date"])) == ("1969-12-31", "9999-12-31")
     got, _ = one_row(row(tx="0001-01-01", maturity="0001-01-01"))
     assert (str(got["transaction_date"]), str(got["maturity_date"])) == ("0001-01-01", "0001-01-01")
-    table = main.finalize(
+    table = transform.finalize(
         main.process_transactions(
             parsed(b"1,1969-12-31,SKU-1,2,1.00,,9\n"), "c", LOOKUPS
         ).aggregated
@@ -186,12 +200,12 @@ def test_unparseable_row_is_rejected_alone_with_its_line(bad, reason):
 
 def test_full_recompute_matches_the_oracle(tiny_feed):
     table, counters, _rejected = oracle_for(tiny_feed, "client_2", 3)
-    blocks = main.scan_archive(tiny_feed / "client_2/transactions_day_3.zip", 3)
-    lookups = main.load_lookups(tiny_feed)
-    art = main.process_blocks(blocks, 2, "client_2", lookups, main.Stopwatch())
-    final = main.finalize(art.aggregated).with_columns(pl.col("local").cast(pl.Int64))
+    scan = blocks.scan_archive(tiny_feed / "client_2/transactions_day_3.zip", 3)
+    lookups = transform.load_lookups(tiny_feed)
+    art = transform.process_blocks(scan, 2, "client_2", lookups, clock.Stopwatch())
+    final = transform.finalize(art.aggregated).with_columns(pl.col("local").cast(pl.Int64))
     assert_table_matches(final, table)
-    assert art.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+    assert art.counters == {c: counters.get(c, 0) for c in config.COUNTERS}
     assert min(counters[c] for c in ("zip_repaired", "maturity_clamped", "maturity_imputed")) > 0
 
 
@@ -209,9 +223,9 @@ HAND_ROWS = [
 def test_too_many_rejected_rows_stop_the_run_and_change_nothing(tmp_path):
     feed = write_feed(tmp_path / "data", [HAND_ROWS])  # 1 of 7 rows: over the 1% limit
     con = fresh_db(tmp_path / "db.sqlite")
-    with pytest.raises(main.InputError, match="1 of 7 new rows cannot be parsed"):
-        main.incremental_step(con, feed, "client_1", 1)
-    assert main.read_checkpoint(con, "client_1") is None
+    with pytest.raises(config.InputError, match="1 of 7 new rows cannot be parsed"):
+        pipelines.incremental_step(con, feed, "client_1", 1)
+    assert store.read_checkpoint(con, "client_1") is None
     assert con.execute("SELECT COUNT(*) FROM processed_sales").fetchone() == (0,)
 
 
@@ -225,22 +239,22 @@ def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
     table, counters, rejected = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 1 and counters["sku_unmatched"] > 0
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, "client_1", 1)
-    record = main.incremental_step(con, feed, "client_1", 2)
+    pipelines.incremental_step(con, feed, "client_1", 1)
+    record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert record.counters["rows_rejected"] == 1
-    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
     stored = con.execute("SELECT day, line_number, raw_line FROM rejected_rows").fetchall()
     assert stored == [(2, rejected[0][0], rejected[0][1])]
     # Day 2's counters cover its new rows; the oracle's cover the whole archive.
     fresh = replay(feed, tmp_path / "fresh.db", range(2, 2))
-    first = main.incremental_step(fresh, feed, "client_1", 2)
-    assert first.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+    first = pipelines.incremental_step(fresh, feed, "client_1", 2)
+    assert first.counters == {c: counters.get(c, 0) for c in config.COUNTERS}
 
 
 def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monkeypatch):
     # Archives bigger than BLOCK_BYTES are processed block by block: shrink the block
     # so this 3-day feed spans many, with a rejected row among them.
-    monkeypatch.setattr(main, "BLOCK_BYTES", 2_000)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 2_000)
     filler = [
         f"{i},2025-10-0{i % 3 + 1},SKU-{i % 4},{i % 9 + 1},{i}.25,2025-12-01,9{i:04d}"
         for i in range(600)
@@ -249,13 +263,15 @@ def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monke
     feed = write_feed(tmp_path / "data", days)
     table, counters, rejected = oracle_for(feed, "client_1", 3)
     con = replay(feed, tmp_path / "db.sqlite", range(1, 4))
-    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
     assert con.execute("SELECT line_number FROM rejected_rows").fetchall() == [(rejected[0][0],)]
-    blocks = main.scan_archive(feed / "client_1/transactions_day_3.zip", 3)
-    full = main.process_blocks(blocks, 2, "client_1", main.load_lookups(feed), main.Stopwatch())
-    assert full.counters == {c: counters.get(c, 0) for c in main.COUNTERS}
+    scan = blocks.scan_archive(feed / "client_1/transactions_day_3.zip", 3)
+    full = transform.process_blocks(
+        scan, 2, "client_1", transform.load_lookups(feed), clock.Stopwatch()
+    )
+    assert full.counters == {c: counters.get(c, 0) for c in config.COUNTERS}
     assert full.rejected["line_number"].to_list() == [rejected[0][0]] == [452]
-    assert main.read_checkpoint(con, "client_1").lines_processed == 602
+    assert store.read_checkpoint(con, "client_1").lines_processed == 602
 
 
 @pytest.fixture
@@ -269,15 +285,15 @@ def test_prefetched_text_comes_in_order_and_a_producer_error_reaches_the_caller(
     new_inflate_threads,
 ):
     chunks = [bytes([i]) * (i + 1) for i in range(50)]
-    assert list(main.prefetched(iter(chunks), depth=2)) == chunks
+    assert list(blocks.prefetched(iter(chunks), depth=2)) == chunks
 
     def failing():
         yield b"a"
-        raise main.CorruptArchive("x.zip: corrupt archive, cannot inflate")
+        raise config.CorruptArchive("x.zip: corrupt archive, cannot inflate")
 
     got = []
-    with pytest.raises(main.CorruptArchive, match=r"x\.zip"):
-        got.extend(main.prefetched(failing()))
+    with pytest.raises(config.CorruptArchive, match=r"x\.zip"):
+        got.extend(blocks.prefetched(failing()))
     assert got == [b"a"] and not new_inflate_threads()
 
 
@@ -293,7 +309,7 @@ def test_a_read_stopped_early_stops_its_inflating_thread_and_closes_the_source(
         finally:
             closed.append(True)
 
-    reader = main.prefetched(endless(), depth=2)
+    reader = blocks.prefetched(endless(), depth=2)
     assert next(reader) == b"x" * 100
     reader.close()
     assert closed == [True] and not new_inflate_threads()
@@ -306,19 +322,21 @@ def test_an_error_after_the_read_leaves_no_inflating_thread_behind(
     # thread must still be gone, so process_blocks has to close its read itself.
     # Small reads, so that the producer is still running, queue full, when the first
     # block fails.
-    monkeypatch.setattr(main, "BLOCK_BYTES", 2_000)
-    monkeypatch.setattr(main, "READ_CHUNK_BYTES", 512)
-    monkeypatch.setattr(main, "INFLATE_OUT_BYTES", 64)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 2_000)
+    monkeypatch.setattr(archive, "READ_CHUNK_BYTES", 512)
+    monkeypatch.setattr(archive, "INFLATE_OUT_BYTES", 64)
     rows = [f"{i},2025-10-01,SKU-1,1,1.00,2025-11-01,94107" for i in range(2_000)]
     feed = write_feed(tmp_path / "data", [rows])
 
     def broken(*args, **kwargs):
         raise RuntimeError("transform failed")
 
-    monkeypatch.setattr(main, "process_transactions", broken)
-    blocks = main.scan_archive(feed / "client_1/transactions_day_1.zip", 1)
+    monkeypatch.setattr(transform, "process_transactions", broken)
+    scan = blocks.scan_archive(feed / "client_1/transactions_day_1.zip", 1)
     with pytest.raises(RuntimeError) as caught:
-        main.process_blocks(blocks, 2, "client_1", main.load_lookups(feed), main.Stopwatch())
+        transform.process_blocks(
+            scan, 2, "client_1", transform.load_lookups(feed), clock.Stopwatch()
+        )
     assert caught.traceback and not new_inflate_threads()
 
 
@@ -336,7 +354,7 @@ def test_crlf_line_ends_give_the_answer_of_lf_line_ends():
 
 def test_zero_revenue_day_has_share_zero_not_nan():
     art = process("1,2025-10-05,SKU-1,1,0.00,2025-11-01,94107")
-    table = main.finalize(art.aggregated)
+    table = transform.finalize(art.aggregated)
     assert table["revenue_share_of_day"].to_list() == [0.0]
 
 
@@ -361,8 +379,8 @@ def test_day_without_final_newline_then_completed_keeps_parity(tmp_path):
     con = replay(feed, tmp_path / "db.sqlite", range(1, 3))
     table, counters, _ = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 0
-    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
-    assert main.read_checkpoint(con, "client_1").lines_processed == 203
+    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
+    assert store.read_checkpoint(con, "client_1").lines_processed == 203
 
 
 def test_extended_last_line_is_a_restatement_and_rebuilds(tmp_path):
@@ -373,31 +391,31 @@ def test_extended_last_line_is_a_restatement_and_rebuilds(tmp_path):
     with zipfile.ZipFile(day1, "w") as zf:
         zf.writestr("transactions_day_1.csv", text[:-3])  # ends "...,101"; day 2 goes on "49"
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, "client_1", 1)
-    record = main.incremental_step(con, feed, "client_1", 2)
+    pipelines.incremental_step(con, feed, "client_1", 1)
+    record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert "restatement detected in client_1 day 2" in record.note
     table, _, _ = oracle_for(feed, "client_1", 2)
-    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
 
 
 def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
     tmp_path, tiny_feed, monkeypatch
 ):
     con = replay(tiny_feed, tmp_path / "db.sqlite", range(1, 2))
-    real_process = main.process_blocks
+    real_process = transform.process_blocks
 
     def process_while_another_run_commits(*args, **kwargs):
-        monkeypatch.setattr(main, "process_blocks", real_process)
-        other = main.connect(tmp_path / "db.sqlite")
-        main.incremental_step(other, tiny_feed, "client_1", 2)
+        monkeypatch.setattr(pipelines, "process_blocks", real_process)
+        other = store.connect(tmp_path / "db.sqlite")
+        pipelines.incremental_step(other, tiny_feed, "client_1", 2)
         other.close()
         return real_process(*args, **kwargs)
 
-    monkeypatch.setattr(main, "process_blocks", process_while_another_run_commits)
-    with pytest.raises(main.ConflictError, match="another run moved the checkpoint"):
-        main.incremental_step(con, tiny_feed, "client_1", 2)
+    monkeypatch.setattr(pipelines, "process_blocks", process_while_another_run_commits)
+    with pytest.raises(config.ConflictError, match="another run moved the checkpoint"):
+        pipelines.incremental_step(con, tiny_feed, "client_1", 2)
     table, _, _ = oracle_for(tiny_feed, "client_1", 2)
-    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
 
 
 # --- the incremental path: replay, parity, reruns -------------------------------------------------
@@ -408,15 +426,15 @@ def replayed(tiny_feed, tmp_path):
     """A database holding client_1's incremental state after days 1, 2 and 3."""
     con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2, 3):
-        main.incremental_step(con, tiny_feed, "client_1", day)
+        pipelines.incremental_step(con, tiny_feed, "client_1", day)
     yield con
     con.close()
 
 
 def test_replaying_days_equals_the_oracle_of_the_last_archive(replayed, tiny_feed):
     table, _counters, _rejected = oracle_for(tiny_feed, "client_1", 3)
-    assert_table_matches(main.sales_rows(replayed, "processed_sales", "client_1"), table)
-    cp = main.read_checkpoint(replayed, "client_1")
+    assert_table_matches(parity.sales_rows(replayed, "processed_sales", "client_1"), table)
+    cp = store.read_checkpoint(replayed, "client_1")
     csv = read_csv_bytes(tiny_feed / "client_1/transactions_day_3.zip")
     assert cp.last_day == 3 and cp.bytes_processed == len(csv)
     # The fingerprint chains the pieces each day added: d1 = blake3(day 1),
@@ -433,29 +451,29 @@ def test_replaying_days_equals_the_oracle_of_the_last_archive(replayed, tiny_fee
 
 
 def test_step_on_the_checkpoint_day_is_a_no_op_and_older_day_refused(replayed, tiny_feed):
-    before = main.sales_rows(replayed, "processed_sales", "client_1")
-    record = main.incremental_step(replayed, tiny_feed, "client_1", 3)
+    before = parity.sales_rows(replayed, "processed_sales", "client_1")
+    record = pipelines.incremental_step(replayed, tiny_feed, "client_1", 3)
     assert record.note == "no-op" and record.rows_processed == 0
-    assert main.sales_rows(replayed, "processed_sales", "client_1").equals(before)
-    with pytest.raises(main.StaleDayError, match="already holds day 3"):
-        main.incremental_step(replayed, tiny_feed, "client_1", 2)
+    assert parity.sales_rows(replayed, "processed_sales", "client_1").equals(before)
+    with pytest.raises(config.StaleDayError, match="already holds day 3"):
+        pipelines.incremental_step(replayed, tiny_feed, "client_1", 2)
 
 
 def test_parity_check_catches_a_changed_value(replayed, tiny_feed):
-    table = main.sales_rows(replayed, "processed_sales", "client_1")
-    with main.transaction(replayed):
-        main.write_frame(replayed, "processed_sales_full_refresh", table)
-    assert main.check_parity(replayed, "client_1")["ok"]
+    table = parity.sales_rows(replayed, "processed_sales", "client_1")
+    with store.transaction(replayed):
+        store.write_frame(replayed, "processed_sales_full_refresh", table)
+    assert parity.check_parity(replayed, "client_1")["ok"]
     first, last = table.row(0, named=True), table.row(-1, named=True)
-    where = " AND ".join(f"{k} = :{k}" for k in main.KEY)
+    where = " AND ".join(f"{k} = :{k}" for k in config.KEY)
     replayed.execute(
         f"UPDATE processed_sales SET total_revenue = total_revenue + 0.01 WHERE {where}",
-        {k: first[k] for k in main.KEY},
+        {k: first[k] for k in config.KEY},
     )
-    replayed.execute(f"DELETE FROM processed_sales WHERE {where}", {k: last[k] for k in main.KEY})
-    result = main.check_parity(replayed, "client_1")
+    replayed.execute(f"DELETE FROM processed_sales WHERE {where}", {k: last[k] for k in config.KEY})
+    result = parity.check_parity(replayed, "client_1")
     assert not result["ok"]
-    assert main.check_parity(replayed, "nobody")["ok"]  # two empty sides are equal
+    assert parity.check_parity(replayed, "nobody")["ok"]  # two empty sides are equal
     assert result["diff"]["rows_only_full_refresh"] == 1
     assert result["diff"]["columns_differing"]["total_revenue"] == 1
     assert len(result["diff"]["sample"]) == 2
@@ -481,15 +499,15 @@ def test_stored_days_read_back_exactly_whatever_their_text(tmp_path):
         "INSERT INTO processed_sales VALUES ('c', '2025-10-03', '2025-11-01', 'x',"
         " 0, 1, 1.0, 1, 0, 0, 0, 0, 1)"
     )  # another day: not read
-    got = main.existing_days(con, "c", ["2025-10-01", "2025-10-02"])
-    assert got.columns == [*main.KEY, "total_quantity", "revenue_cents", "order_count"]
+    got = store.existing_days(con, "c", ["2025-10-01", "2025-10-02"])
+    assert got.columns == [*config.KEY, "total_quantity", "revenue_cents", "order_count"]
     want = {
         (c, dt.date.fromisoformat(d), dt.date.fromisoformat(m), g, bool(loc), q, cents, n)
         for c, d, m, g, loc, q, cents, n in stored
     }
     assert set(got.rows()) == want and got.height == len(stored)
-    assert main.existing_days(con, "c", ["2025-09-30"]).height == 0
-    assert main.existing_days(con, "c", []).schema == got.schema
+    assert store.existing_days(con, "c", ["2025-09-30"]).height == 0
+    assert store.existing_days(con, "c", []).schema == got.schema
 
 
 def test_writes_and_read_backs_fit_a_smaller_sqlite(tmp_path):
@@ -497,22 +515,22 @@ def test_writes_and_read_backs_fit_a_smaller_sqlite(tmp_path):
     # strings) gets smaller INSERTs and the stored days read back in parts.
     con = fresh_db(tmp_path / "db.sqlite")
     con.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 100)
-    assert main.insert_rows(con, 13) == 7
+    assert store.insert_rows(con, 13) == 7
     rows = [
         ("c", f"2025-10-{1 + i % 9:02d}", "2025-11-01", f"G{i}", 0, 1, 1.5, 1) for i in range(60)
     ]
     frame = pl.DataFrame(
-        [(*r, 1.0, 1.5, 0, 0.1, 1) for r in rows], schema=main.SALES_SCHEMA, orient="row"
+        [(*r, 1.0, 1.5, 0, 0.1, 1) for r in rows], schema=config.SALES_SCHEMA, orient="row"
     )
-    with main.transaction(con):
-        main.write_frame(con, "processed_sales", frame)
+    with store.transaction(con):
+        store.write_frame(con, "processed_sales", frame)
     assert con.execute("SELECT count(*) FROM processed_sales").fetchone() == (60,)
     days = [f"2025-10-{d:02d}" for d in range(1, 10)]
-    whole = main.existing_days(con, "c", days)
+    whole = store.existing_days(con, "c", days)
     con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1_000)  # about one day's rows as JSON
-    parts = main.existing_days(con, "c", days)
+    parts = store.existing_days(con, "c", days)
     assert parts.height == whole.height == 60
-    assert parts.sort(main.KEY).equals(whole.sort(main.KEY))
+    assert parts.sort(config.KEY).equals(whole.sort(config.KEY))
 
 
 def test_legacy_table_is_renamed_aside_not_dropped(tmp_path, capsys):
@@ -522,18 +540,18 @@ def test_legacy_table_is_renamed_aside_not_dropped(tmp_path, capsys):
     legacy.execute("INSERT INTO processed_sales VALUES ('old', 1.5)")
     legacy.commit()
     legacy.close()
-    con = main.connect(path)
-    main.ensure_schema(con, print)
+    con = store.connect(path)
+    store.ensure_schema(con, print)
     names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     aside = [n for n in names if n.startswith("processed_sales_legacy_")]
     assert len(aside) == 1
     assert con.execute(f"SELECT * FROM {aside[0]}").fetchall() == [("old", 1.5)]
-    assert main.table_shape(con, "processed_sales")[:2] == [
+    assert store.table_shape(con, "processed_sales")[:2] == [
         ("WITHOUT ROWID", "", 0, 0),
         ("client_id", "TEXT", 1, 1),
     ]
     assert "renamed to processed_sales_legacy_" in capsys.readouterr().out
-    main.ensure_schema(con, print)  # a second look finds nothing to move
+    store.ensure_schema(con, print)  # a second look finds nothing to move
     assert "renamed" not in capsys.readouterr().out
 
 
@@ -585,17 +603,17 @@ def test_json_carries_the_spec_keys_and_every_try(benchmark_run):
     assert results["incremental"]["rows_processed"] == 300
     for pipeline in ("baseline", "incremental"):  # the stages cover the timed call
         stages = results[pipeline]["stages_s"]
-        assert set(stages) == set(main.STAGES)
+        assert set(stages) == set(config.STAGES)
         assert 0 < sum(stages.values()) <= results[pipeline]["wall_s"]["max"] * 1.001
     assert "incremental 0." in printed and "x faster" in printed
 
 
 def test_line_tables_only_under_memory_profiler(tmp_path, monkeypatch):
     # Without memory_profiler's `profile` in builtins, nothing is traced or run again.
-    monkeypatch.setattr(main, "copy_db", lambda *a: pytest.fail("profiled without profiler"))
-    monkeypatch.delattr(main.builtins, "profile", raising=False)
-    cfg = main.BenchConfig(data_dir=tmp_path, client="c", day=2)
-    main.profile_lines(cfg, tmp_path / "state.db", tmp_path)
+    monkeypatch.setattr(harness, "copy_db", lambda *a: pytest.fail("profiled without profiler"))
+    monkeypatch.delattr(builtins, "profile", raising=False)
+    cfg = config.BenchConfig(data_dir=tmp_path, client="c", day=2)
+    harness.profile_lines(cfg, tmp_path / "state.db", tmp_path)
     # With it, each pipeline is traced for exactly one call, incremental_step inside.
     traced, calls = [], []
 
@@ -603,9 +621,9 @@ def test_line_tables_only_under_memory_profiler(tmp_path, monkeypatch):
         traced.append(fn.__name__)
         return lambda *args: calls.append((fn.__name__, args[2:]))
 
-    monkeypatch.setattr(main.builtins, "profile", profile, raising=False)
-    monkeypatch.setattr(main, "copy_db", lambda src, dst: None)
-    main.profile_lines(cfg, tmp_path / "state.db", tmp_path)
+    monkeypatch.setattr(builtins, "profile", profile, raising=False)
+    monkeypatch.setattr(harness, "copy_db", lambda src, dst: None)
+    harness.profile_lines(cfg, tmp_path / "state.db", tmp_path)
     assert traced == ["incremental_step", "run_baseline_benchmark", "run_optimized_benchmark"]
     assert calls == [("run_baseline_benchmark", ("c", 2)), ("run_optimized_benchmark", ("c", 2))]
 
@@ -650,42 +668,36 @@ def test_peers_are_measured_alike_and_checked_against_the_baseline(benchmark_run
 
 
 def test_summary_statistics_on_known_lists():
-    assert main.summarize([3.0, 1.0, 2.0]) == {
+    assert results.summarize([3.0, 1.0, 2.0]) == {
         "median": 2.0,
         "min": 1.0,
         "max": 3.0,
         "runs": [3.0, 1.0, 2.0],
     }
-    assert main.summarize([4.0, 1.0, 2.0, 10.0])["median"] == 3.0
-    assert main.summarize([0.5]) == {"median": 0.5, "min": 0.5, "max": 0.5, "runs": [0.5]}
+    assert results.summarize([4.0, 1.0, 2.0, 10.0])["median"] == 3.0
+    assert results.summarize([0.5]) == {"median": 0.5, "min": 0.5, "max": 0.5, "runs": [0.5]}
 
 
-def test_report_renders_from_the_saved_json_alone(benchmark_run, monkeypatch):
+def test_report_renders_from_the_saved_json_alone(benchmark_run):
     out, _, _ = benchmark_run
     results = json.loads((out / "r.json").read_text())
 
-    class Forbidden:
-        def __getattr__(self, name):
-            pytest.fail(f"the renderer used {name}: it may only format the record")
-
-    # Nothing but the record may feed the renderer: no Polars, no database, no clock,
-    # no statistics, no file.
-    for name in ("pl", "sqlite3", "time", "statistics", "Path", "os"):
-        monkeypatch.setattr(main, name, Forbidden())
-    assert main.render_report(results) == (out / "results.md").read_text()
+    # Nothing but the record feeds the renderer (tests/test_layers.py: the report
+    # imports no engine, no database, no clock and no file system).
+    assert report.render_report(results) == (out / "results.md").read_text()
 
 
 def test_a_failed_sweep_day_fails_the_run_and_the_report_says_where(benchmark_run):
     good = {"ok": True, "rows": 10}
     bad = {"ok": False, "error": "values differ", "diff": {"sample": []}}
     sweep = [{"day": 2, "parity": good}, {"day": 3, "parity": bad}, {"day": 4, "parity": bad}]
-    verdict = main.overall_parity(good, sweep)
+    verdict = parity.overall_parity(good, sweep)
     assert not verdict["ok"] and verdict["error"] == "sweep day(s) 3, 4: values differ"
-    assert main.overall_parity(good, sweep[:1]) is good
+    assert parity.overall_parity(good, sweep[:1]) is good
     out, _, _ = benchmark_run
     results = json.loads((out / "r.json").read_text())
     results["correctness"]["parity_sweep_days"] = {"2": False}
-    assert "FAILED on days ['2']" in main.render_report(results)
+    assert "FAILED on days ['2']" in report.render_report(results)
 
 
 def test_chart_is_a_png_with_the_sweep_numbers_under_it(benchmark_run):
@@ -707,7 +719,7 @@ def test_database_holds_day_n_and_report_is_ascii(benchmark_run):
     con = sqlite3.connect(out / "db.sqlite")
     assert con.execute("SELECT last_day FROM ingest_checkpoint").fetchall() == [(3,)]
     table, _, _ = oracle_for(tiny_feed, "client_1", 3)
-    assert_table_matches(main.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
     report = (out / "results.md").read_text(encoding="utf-8")
     assert report.isascii(), [c for c in report if not c.isascii()][:5]
     for section in ("## Conditions", "## Parity", "## Top 5 SKU groups", "## California-local"):
@@ -722,7 +734,7 @@ def test_earlier_day_under_memory_profiler_replays_and_prints_one_table_each(
     # each pipeline function shows one line table, of the measured call only.
     out, args, _ = benchmark_run
     db = tmp_path / "db.sqlite"  # a copy: the other tests read the run's day-3 database
-    main.copy_db(out / "db.sqlite", db)
+    store.copy_db(out / "db.sqlite", db)
     earlier = [*args[:2], "--db", str(db), "--day", "2", "--repeat", "1", "--no-peers"]
     earlier += ["--report", str(tmp_path / "r2.md")]
     proc = subprocess.run(
@@ -807,7 +819,7 @@ def test_bad_input_exits_2_with_one_line_and_leaves_the_db_untouched(
     shutil.copytree(tiny_feed, data)
     db = tmp_path / "db.sqlite"
     con = fresh_db(db)  # a database with rows of its own, which must survive
-    with main.transaction(con):
+    with store.transaction(con):
         con.execute(
             "INSERT INTO processed_sales VALUES"
             " ('other', '2025-10-01', '2025-10-04', 'G', 0, 1, 2.5, 1, 1.0, 2.5, 3, 1.0, 1)"
@@ -866,7 +878,7 @@ def workers_of(pid: int) -> list:
     found = []
     for child in psutil.Process(pid).children():
         with contextlib.suppress(psutil.NoSuchProcess):
-            if "--worker" in child.cmdline():
+            if "incremental_bench.worker" in child.cmdline():
                 found.append(child)
     return found
 
@@ -919,8 +931,8 @@ def test_sales_tables_keep_rows_in_key_order_and_older_ones_are_set_aside(tmp_pa
     # the checkpoints are cleared so that the next run rebuilds the state.
     path = tmp_path / "db.sqlite"
     old = sqlite3.connect(path)
-    old.execute(f"CREATE TABLE processed_sales ({main.SALES_COLUMNS})")  # a rowid table
-    old.execute(f"CREATE TABLE ingest_checkpoint ({main.TABLES['ingest_checkpoint']})")
+    old.execute(f"CREATE TABLE processed_sales ({config.SALES_COLUMNS})")  # a rowid table
+    old.execute(f"CREATE TABLE ingest_checkpoint ({config.TABLES['ingest_checkpoint']})")
     old.execute(
         "INSERT INTO ingest_checkpoint (client_id, last_day, bytes_processed,"
         " lines_processed, prefix_blake3, updated_at) VALUES ('c', 1, 1, 1, 'x', 'now')"
@@ -933,5 +945,5 @@ def test_sales_tables_keep_rows_in_key_order_and_older_ones_are_set_aside(tmp_pa
     assert sql["processed_sales_full_refresh"].endswith("WITHOUT ROWID")
     assert "WITHOUT ROWID" not in sql["ingest_checkpoint"]
     assert any(n.startswith("processed_sales_legacy_") for n in sql)
-    assert main.read_checkpoint(con, "c") is None
+    assert store.read_checkpoint(con, "c") is None
     assert "processed_sales had another schema: renamed to" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -15,13 +16,13 @@ from conftest import assert_table_matches, fresh_db, generate, oracle_for, read_
 from isal import isal_zlib
 
 import generate_data
-import main
+from incremental_bench import archive, config, deflate, harness, pipelines, store
 
 START = generate_data.dt.date(2025, 10, 1)
 
 
-def archive(feed: Path, day: int) -> Path:
-    return main.archive_path(feed, "client_1", day)
+def archive_file(feed: Path, day: int) -> Path:
+    return archive.archive_path(feed, "client_1", day)
 
 
 def write_deflated(path: Path, csv: bytes, raw_deflate: bytes, size: int | None = None) -> None:
@@ -47,8 +48,8 @@ def isal_deflate(csv: bytes) -> bytes:
     return isal_zlib.compress(csv, 2, -15)
 
 
-def resumed_text(member: main.Member, point: main.AccessPoint) -> tuple[bytes, list]:
-    inflate = main.TrackedInflate(member, point)
+def resumed_text(member: archive.Member, point: deflate.AccessPoint) -> tuple[bytes, list]:
+    inflate = deflate.TrackedInflate(member, point)
     return b"".join(inflate), inflate.access_points()
 
 
@@ -78,24 +79,26 @@ def test_the_resumed_tail_equals_a_full_inflate_byte_for_byte(feed_name, request
     client = "client_1"
     days = sorted(int(p.stem.split("_")[-1]) for p in (feed / client).glob("*.zip"))
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, client, 1)
+    pipelines.incremental_step(con, feed, client, 1)
     for day in days[1:]:
-        member = main.locate_member(archive(feed, day), day)
-        full = read_csv_bytes(archive(feed, day))  # zipfile and zlib: another inflater
-        cp = main.read_checkpoint(con, client)
-        point, _, why = main.choose_access_point(member, cp, main.read_access_points(con, client))
+        member = archive.locate_member(archive_file(feed, day), day)
+        full = read_csv_bytes(archive_file(feed, day))  # zipfile and zlib: another inflater
+        cp = store.read_checkpoint(con, client)
+        point, _, why = pipelines.choose_access_point(
+            member, cp, store.read_access_points(con, client)
+        )
         assert point is not None, why
         tail, found = resumed_text(member, point)
         assert tail == full[point.offset :]
         # The inflate floor's bare zlib loop gives the same text.
-        last_byte = main.member_byte(member, point.compressed_offset - 1) if point.bits else 0
-        compressed = b"".join(main.compressed_pieces(member, point.compressed_offset))
-        assert b"".join(main.inflate_tail(point, last_byte, compressed)) == tail
+        last_byte = archive.member_byte(member, point.compressed_offset - 1) if point.bits else 0
+        compressed = b"".join(archive.compressed_pieces(member, point.compressed_offset))
+        assert b"".join(harness.inflate_tail(point, last_byte, compressed)) == tail
         # The points this read found resume correctly too, each one of them.
-        assert 1 <= len(found) <= main.ACCESS_POINTS_KEPT and found[0].offset >= point.offset
+        assert 1 <= len(found) <= config.ACCESS_POINTS_KEPT and found[0].offset >= point.offset
         for p in found:
             assert resumed_text(member, p)[0] == full[p.offset :]
-        record = main.incremental_step(con, feed, client, day)
+        record = pipelines.incremental_step(con, feed, client, day)
         assert record.read_mode.startswith("resumed"), record.read_mode
         assert record.note == ""
         # Inflated: the tail past the point, never the history before it (the point
@@ -111,21 +114,21 @@ def test_floors_measure_every_stage_and_leave_the_state_as_it_was(four_days, tmp
     db = tmp_path / "state.db"
     con = fresh_db(db)
     for day in (1, 2, 3):
-        main.incremental_step(con, four_days, "client_1", day)
+        pipelines.incremental_step(con, four_days, "client_1", day)
     before = state(con)
     con.close()
-    cfg = main.BenchConfig(data_dir=four_days, db=db, day=4)
-    floors = main.measure_floors(cfg, db, tmp_path)
-    assert list(floors) == list(main.STAGES) and all(s > 0 for s in floors.values())
-    with contextlib.closing(main.connect(tmp_path / "floors.db")) as after:
+    cfg = config.BenchConfig(data_dir=four_days, db=db, day=4)
+    floors = harness.measure_floors(cfg, db, tmp_path)
+    assert list(floors) == list(config.STAGES) and all(s > 0 for s in floors.values())
+    with contextlib.closing(store.connect(tmp_path / "floors.db")) as after:
         assert state(after).equals(before)  # every write undone
     # The full refresh's floors: its four stages, on the whole archive, nothing left behind.
-    full = main.measure_full_floors(cfg, db, tmp_path)
+    full = harness.measure_full_floors(cfg, db, tmp_path)
     assert list(full) == ["read", "parse", "transform", "write"] and min(full.values()) > 0
     assert not (tmp_path / "floors-full.db").exists()
     # A first day has no state to resume from: no floors.
     fresh_db(tmp_path / "empty.db").close()
-    assert main.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) == {}
+    assert harness.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) == {}
 
 
 def stream_feed(data_dir: Path, source: Path, cuts: list[int], mem_level: int, sync: bool) -> Path:
@@ -136,9 +139,9 @@ def stream_feed(data_dir: Path, source: Path, cuts: list[int], mem_level: int, s
     access points fall within 32 KiB of each other); `sync` ends every day with a
     sync flush (a block boundary exactly at the day's end).
     """
-    main.shutil.copytree(source / "static", data_dir / "static")
+    shutil.copytree(source / "static", data_dir / "static")
     (data_dir / "client_1").mkdir()
-    csv = read_csv_bytes(archive(source, 4))
+    csv = read_csv_bytes(archive_file(source, 4))
     compressor = zlib.compressobj(6, zlib.DEFLATED, -15, mem_level)
     stream, done = b"", 0
     for day, cut in enumerate(cuts, start=1):
@@ -146,7 +149,7 @@ def stream_feed(data_dir: Path, source: Path, cuts: list[int], mem_level: int, s
         if sync:
             stream += compressor.flush(zlib.Z_SYNC_FLUSH)
         done = cut
-        write_deflated(archive(data_dir, day), csv[:cut], stream + compressor.copy().flush())
+        write_deflated(archive_file(data_dir, day), csv[:cut], stream + compressor.copy().flush())
     return data_dir
 
 
@@ -154,19 +157,19 @@ def replay_and_check_every_day(feed: Path, days: int, db: Path) -> None:
     """Apply every day: each resumes, each stored point inflates to zipfile's tail, and
     the last day ends equal to the oracle, rejected rows and lines counted included."""
     con = fresh_db(db)
-    main.incremental_step(con, feed, "client_1", 1)
+    pipelines.incremental_step(con, feed, "client_1", 1)
     for day in range(2, days + 1):
-        record = main.incremental_step(con, feed, "client_1", day)
+        record = pipelines.incremental_step(con, feed, "client_1", day)
         assert record.read_mode.startswith("resumed"), (day, record.read_mode, record.note)
-        member = main.locate_member(archive(feed, day), day)
-        full = read_csv_bytes(archive(feed, day))
-        for point in main.read_access_points(con, "client_1"):
+        member = archive.locate_member(archive_file(feed, day), day)
+        full = read_csv_bytes(archive_file(feed, day))
+        for point in store.read_access_points(con, "client_1"):
             assert resumed_text(member, point)[0] == full[point.offset :]
     table, _, rejected = oracle_for(feed, "client_1", days)
     assert_table_matches(state(con), table)
     stored = con.execute("SELECT line_number FROM rejected_rows ORDER BY 1").fetchall()
     assert [n for (n,) in stored] == [n for n, _ in rejected]
-    cp = main.read_checkpoint(con, "client_1")
+    cp = store.read_checkpoint(con, "client_1")
     assert cp.lines_processed == full.count(b"\n") + (not full.endswith(b"\n"))
 
 
@@ -174,8 +177,8 @@ def replay_and_check_every_day(feed: Path, days: int, db: Path) -> None:
 def test_small_blocks_resume_with_windows_that_span_the_point(sync, four_days, tmp_path):
     # Blocks of a few KiB: the 32 KiB window of a point found after a resume reaches
     # back past the point resumed from, into text this run never inflated.
-    csv = read_csv_bytes(archive(four_days, 4))
-    ends = [len(read_csv_bytes(archive(four_days, d))) for d in (1, 2, 3, 4)]
+    csv = read_csv_bytes(archive_file(four_days, 4))
+    ends = [len(read_csv_bytes(archive_file(four_days, d))) for d in (1, 2, 3, 4)]
     # Many tiny days, each ending at a line's end.
     cuts = sorted({*ends, *(csv.index(b"\n", c) + 1 for c in range(ends[0], ends[-1], 9_000))})
     feed = stream_feed(tmp_path / "data", four_days, cuts, mem_level=1, sync=sync)
@@ -186,12 +189,12 @@ def test_small_blocks_resume_with_windows_that_span_the_point(sync, four_days, t
 def test_a_point_at_the_old_end_of_an_unterminated_file(four_days, tmp_path):
     # Day 1 stops before its last newline; a sync flush puts a boundary right there.
     # Day 2's text starts with the newline that completes the line processed whole.
-    end = len(read_csv_bytes(archive(four_days, 1)))
-    later = read_csv_bytes(archive(four_days, 4)).index(b"\n", end + 5_000) + 1
+    end = len(read_csv_bytes(archive_file(four_days, 1)))
+    later = read_csv_bytes(archive_file(four_days, 4)).index(b"\n", end + 5_000) + 1
     feed = stream_feed(tmp_path / "data", four_days, [end - 1, later], 6, sync=True)
     con = fresh_db(tmp_path / "db.sqlite")
-    main.incremental_step(con, feed, "client_1", 1)
-    assert any(p.offset == end - 1 for p in main.read_access_points(con, "client_1"))
+    pipelines.incremental_step(con, feed, "client_1", 1)
+    assert any(p.offset == end - 1 for p in store.read_access_points(con, "client_1"))
     replay_and_check_every_day(feed, 2, tmp_path / "again.sqlite")
 
 
@@ -200,12 +203,12 @@ def test_points_stay_near_the_end_of_the_stream(limit, four_days, monkeypatch):
     # The read keeps the text behind its candidate points (to hash their tails), so
     # only boundaries within POINT_TAIL_BYTES of the end qualify: a stream of huge
     # blocks keeps no point rather than its whole text in memory.
-    monkeypatch.setattr(main, "POINT_TAIL_BYTES", limit)
-    member = main.locate_member(archive(four_days, 4), 4)
-    inflate = main.TrackedInflate(member)
+    monkeypatch.setattr(deflate, "POINT_TAIL_BYTES", limit)
+    member = archive.locate_member(archive_file(four_days, 4), 4)
+    inflate = deflate.TrackedInflate(member)
     text = b"".join(inflate)
     found = inflate.access_points()
-    assert all(p.offset >= len(text) - limit - main.INFLATE_OUT_BYTES for p in found)
+    assert all(p.offset >= len(text) - limit - config.INFLATE_OUT_BYTES for p in found)
     assert bool(found) == (limit > 100_000)  # this feed's blocks hold about 100 KB of text
     for point in found:
         assert resumed_text(member, point)[0] == text[point.offset :]
@@ -215,24 +218,24 @@ def test_the_fingerprint_stays_a_chain_of_what_each_day_added(drip_feed, tmp_pat
     con = fresh_db(tmp_path / "db.sqlite")
     digest, ends = b"", []
     for day in range(1, 6):
-        main.incremental_step(con, drip_feed, "client_1", day)
-        csv = read_csv_bytes(archive(drip_feed, day))
+        pipelines.incremental_step(con, drip_feed, "client_1", day)
+        csv = read_csv_bytes(archive_file(drip_feed, day))
         digest = blake3.blake3(digest + csv[ends[-1] if ends else 0 :]).digest()
         ends.append(len(csv))
-    cp = main.read_checkpoint(con, "client_1")
+    cp = store.read_checkpoint(con, "client_1")
     assert (cp.ends, cp.prefix_blake3) == (ends, digest.hex())
 
 
 def rewrite_days(feed: Path, days: range, deflate: Callable[[bytes], bytes]) -> None:
     for day in days:
-        csv = read_csv_bytes(archive(feed, day))
-        write_deflated(archive(feed, day), csv, deflate(csv))
+        csv = read_csv_bytes(archive_file(feed, day))
+        write_deflated(archive_file(feed, day), csv, deflate(csv))
 
 
 def stored(feed: Path, days: range) -> None:
     for day in days:
-        csv = read_csv_bytes(archive(feed, day))
-        with zipfile.ZipFile(archive(feed, day), "w", zipfile.ZIP_STORED) as zf:
+        csv = read_csv_bytes(archive_file(feed, day))
+        with zipfile.ZipFile(archive_file(feed, day), "w", zipfile.ZIP_STORED) as zf:
             zf.writestr(f"transactions_day_{day}.csv", csv)
 
 
@@ -247,17 +250,17 @@ def stored(feed: Path, days: range) -> None:
 )
 def test_another_compressor_reads_whole_once_then_resumes(recompress, why, four_days, tmp_path):
     feed = tmp_path / "data"
-    main.shutil.copytree(four_days, feed)
+    shutil.copytree(four_days, feed)
     con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2):
-        main.incremental_step(con, feed, "client_1", day)
+        pipelines.incremental_step(con, feed, "client_1", day)
     recompress(feed, range(3, 5))  # same text, other compressed bytes
-    record = main.incremental_step(con, feed, "client_1", 3)
+    record = pipelines.incremental_step(con, feed, "client_1", 3)
     assert record.read_mode.startswith("read whole") and why in record.read_mode
-    assert "read whole" in record.note and str(archive(feed, 3)) in record.note
+    assert "read whole" in record.note and str(archive_file(feed, 3)) in record.note
     assert "restatement" not in record.note  # the text did not change: no rebuild
     assert record.rows_processed == 400 and record.rows_written > 0
-    record = main.incremental_step(con, feed, "client_1", 4)
+    record = pipelines.incremental_step(con, feed, "client_1", 4)
     if why == "not deflate":
         assert record.read_mode.startswith("read whole")
     else:  # the whole read of day 3 left access points into the new compressor's stream
@@ -268,9 +271,9 @@ def test_another_compressor_reads_whole_once_then_resumes(recompress, why, four_
 
 def restate(feed: Path, i: int) -> None:
     """Day 3 with one byte of already-processed text changed, compressed as the generator does."""
-    csv = bytearray(read_csv_bytes(archive(feed, 3)))
+    csv = bytearray(read_csv_bytes(archive_file(feed, 3)))
     csv[i] = ord("7") if csv[i] != ord("7") else ord("8")
-    write_deflated(archive(feed, 3), bytes(csv), zlib_deflate(6)(bytes(csv)))
+    write_deflated(archive_file(feed, 3), bytes(csv), zlib_deflate(6)(bytes(csv)))
 
 
 @pytest.mark.parametrize(
@@ -284,13 +287,13 @@ def restate(feed: Path, i: int) -> None:
 )
 def test_restated_history_behind_or_past_the_point_rebuilds(at, four_days, tmp_path):
     feed = tmp_path / "data"
-    main.shutil.copytree(four_days, feed)
+    shutil.copytree(four_days, feed)
     con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2):
-        main.incremental_step(con, feed, "client_1", day)
-    end = main.read_checkpoint(con, "client_1").bytes_processed
-    restate(feed, at(read_csv_bytes(archive(feed, 3)), end))
-    record = main.incremental_step(con, feed, "client_1", 3)
+        pipelines.incremental_step(con, feed, "client_1", day)
+    end = store.read_checkpoint(con, "client_1").bytes_processed
+    restate(feed, at(read_csv_bytes(archive_file(feed, 3)), end))
+    record = pipelines.incremental_step(con, feed, "client_1", 3)
     assert "restatement detected in client_1 day 3" in record.note
     assert record.read_mode == "rebuilt: history restated"
     table, _, _ = oracle_for(feed, "client_1", 3)
@@ -298,7 +301,7 @@ def test_restated_history_behind_or_past_the_point_rebuilds(at, four_days, tmp_p
 
 
 def flip(path: Path, offset_from_end: int) -> None:
-    member = main.locate_member(path, 3)
+    member = archive.locate_member(path, 3)
     data = bytearray(path.read_bytes())
     at = member.data_start + member.compressed_size - offset_from_end
     data[at] ^= 0x55
@@ -316,7 +319,7 @@ def truncate(path: Path) -> None:
     [
         pytest.param(lambda p: flip(p, 300), "CRC-32 mismatch", id="corrupt-tail"),
         pytest.param(
-            lambda p: flip(p, main.locate_member(p, 3).compressed_size - 50),
+            lambda p: flip(p, archive.locate_member(p, 3).compressed_size - 50),
             "corrupt archive, cannot inflate",
             id="corrupt-prefix",
         ),
@@ -327,22 +330,22 @@ def test_a_damaged_archive_fails_in_one_line_and_changes_nothing(
     damage, error, four_days, tmp_path
 ):
     feed = tmp_path / "data"
-    main.shutil.copytree(four_days, feed)
+    shutil.copytree(four_days, feed)
     con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2):
-        main.incremental_step(con, feed, "client_1", day)
-    good, before = archive(feed, 3).read_bytes(), state(con)
-    damage(archive(feed, 3))
-    with pytest.raises(main.InputError) as err:
-        main.incremental_step(con, feed, "client_1", 3)
+        pipelines.incremental_step(con, feed, "client_1", day)
+    good, before = archive_file(feed, 3).read_bytes(), state(con)
+    damage(archive_file(feed, 3))
+    with pytest.raises(config.InputError) as err:
+        pipelines.incremental_step(con, feed, "client_1", 3)
     message = str(err.value)
-    assert str(archive(feed, 3)) in message and "\n" not in message
+    assert str(archive_file(feed, 3)) in message and "\n" not in message
     assert error in message, message
-    assert main.read_checkpoint(con, "client_1").last_day == 2
+    assert store.read_checkpoint(con, "client_1").last_day == 2
     assert state(con).equals(before)  # nothing written
     # Mended, the same step resumes where day 2 left off.
-    archive(feed, 3).write_bytes(good)
-    assert main.incremental_step(con, feed, "client_1", 3).read_mode.startswith("resumed")
+    archive_file(feed, 3).write_bytes(good)
+    assert pipelines.incremental_step(con, feed, "client_1", 3).read_mode.startswith("resumed")
     table, _, _ = oracle_for(feed, "client_1", 3)
     assert_table_matches(state(con), table)
 
@@ -353,22 +356,22 @@ def test_a_checkpoint_without_piece_ends_or_points_reads_whole_once_then_resumes
     db = tmp_path / "db.sqlite"
     con = fresh_db(db)
     for day in (1, 2):
-        main.incremental_step(con, four_days, "client_1", day)
+        pipelines.incremental_step(con, four_days, "client_1", day)
     # A checkpoint of the simplest kind: no piece_ends or open_quote, no access points, and
     # the plain BLAKE3 of the processed CSV as its fingerprint.
-    csv = read_csv_bytes(archive(four_days, 2))
+    csv = read_csv_bytes(archive_file(four_days, 2))
     con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN open_quote")
     con.execute("ALTER TABLE ingest_checkpoint DROP COLUMN piece_ends")
     con.execute("DROP TABLE ingest_access_points")
     con.execute("UPDATE ingest_checkpoint SET prefix_blake3 = ?", (blake3.blake3(csv).hexdigest(),))
     con.commit()
     said: list[str] = []
-    main.ensure_schema(con, said.append)
+    store.ensure_schema(con, said.append)
     assert said == ["table ingest_checkpoint gained column(s) piece_ends, open_quote"]
-    record = main.incremental_step(con, four_days, "client_1", 3)
+    record = pipelines.incremental_step(con, four_days, "client_1", 3)
     assert record.read_mode.startswith("read whole: no access point stored")
     assert "restatement" not in record.note and record.rows_processed == 400
-    record = main.incremental_step(con, four_days, "client_1", 4)
+    record = pipelines.incremental_step(con, four_days, "client_1", 4)
     assert record.read_mode.startswith("resumed")
     table, _, _ = oracle_for(four_days, "client_1", 4)
     assert_table_matches(state(con), table)
@@ -380,7 +383,7 @@ def test_a_state_hashed_with_sha256_is_set_aside_and_the_client_rebuilt(four_day
     # the next step rebuilds the client from its whole archive instead of trusting them.
     con = fresh_db(tmp_path / "db.sqlite")
     for day in (1, 2):
-        main.incremental_step(con, four_days, "client_1", day)
+        pipelines.incremental_step(con, four_days, "client_1", day)
     for table, column in (
         ("ingest_checkpoint", "prefix"),
         ("ingest_access_points", "compressed"),
@@ -388,13 +391,13 @@ def test_a_state_hashed_with_sha256_is_set_aside_and_the_client_rebuilt(four_day
     ):
         con.execute(f"ALTER TABLE {table} RENAME COLUMN {column}_blake3 TO {column}_sha256")
     said: list[str] = []
-    main.ensure_schema(con, said.append)
+    store.ensure_schema(con, said.append)
     assert [line.split(":")[0] for line in said] == [
         "table ingest_checkpoint had another schema",
         "table ingest_access_points had another schema",
     ]
-    assert main.read_checkpoint(con, "client_1") is None
-    record = main.incremental_step(con, four_days, "client_1", 3)
+    assert store.read_checkpoint(con, "client_1") is None
+    record = pipelines.incremental_step(con, four_days, "client_1", 3)
     assert record.read_mode == "read whole: first run"
     table, _, _ = oracle_for(four_days, "client_1", 3)
     assert_table_matches(state(con), table)
@@ -405,24 +408,24 @@ def test_zip64_archives_resume(tmp_path, monkeypatch, four_days):
     # lower the limit so that these small archives carry them too.
     monkeypatch.setattr(generate_data, "ZIP64_LIMIT", 1000)
     feed = tmp_path / "data"
-    main.shutil.copytree(four_days, feed)
+    shutil.copytree(four_days, feed)
     rewrite_days(feed, range(1, 5), zlib_deflate(6))
-    member = main.locate_member(archive(feed, 1), 1)
+    member = archive.locate_member(archive_file(feed, 1), 1)
     assert member.data_start == 30 + len("transactions_day_1.csv") + 20  # the zip64 extra
     con = fresh_db(tmp_path / "db.sqlite")
     for day in range(1, 5):
-        record = main.incremental_step(con, feed, "client_1", day)
+        record = pipelines.incremental_step(con, feed, "client_1", day)
         assert day == 1 or record.read_mode.startswith("resumed")
     table, _, _ = oracle_for(feed, "client_1", 4)
     assert_table_matches(state(con), table)
 
 
 def test_the_prefix_hash_ignores_only_the_next_blocks_bits(four_days):
-    member = main.locate_member(archive(four_days, 2), 2)
-    raw = main.Path(member.path).read_bytes()[
+    member = archive.locate_member(archive_file(four_days, 2), 2)
+    raw = Path(member.path).read_bytes()[
         member.data_start : member.data_start + member.compressed_size
     ]
-    prefix = main.CompressedPrefix(member)
+    prefix = deflate.CompressedPrefix(member)
     for offset, bits in ((1000, 0), (1000, 3), (2000, 7)):
         kept = (
             raw[: offset - 1] + bytes([raw[offset - 1] & (0xFF >> bits)]) if bits else raw[:offset]

@@ -1,0 +1,263 @@
+"""The command line: checking inputs, one run of the benchmark in its seven steps, and
+writing its outputs, with one-line errors and exit codes (docs/spec.md section 5)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from incremental_bench.archive import archive_path, locate_member
+from incremental_bench.blocks import member_header
+from incremental_bench.clock import Stopwatch
+from incremental_bench.config import (
+    FULL_REFRESH_TABLES,
+    SCRATCH_PREFIX,
+    TABLES,
+    BenchConfig,
+    BusyError,
+    InputError,
+    Say,
+)
+from incremental_bench.parity import check_parity, overall_parity
+from incremental_bench.store import (
+    connect,
+    copy_client_rows,
+    copy_db,
+    delete_client,
+    ensure_schema,
+    transaction,
+)
+from incremental_bench.transform import load_lookups
+
+
+def check_inputs(cfg: BenchConfig, say: Say) -> None:
+    """Fail fast, before any database change, on a missing or unusable input.
+
+    Extra columns of the day-N archive are named once, through `say`.
+    """
+    if not cfg.data_dir.is_dir():
+        raise InputError(f"{cfg.data_dir}: data folder not found (run generate_data.py first)")
+    if cfg.client in ("", ".", "..") or Path(cfg.client).name != cfg.client:
+        raise InputError(
+            f"--client {cfg.client!r}: not a client folder name (give a folder of"
+            f" {cfg.data_dir} by its name, such as client_1)"
+        )
+    load_lookups(cfg.data_dir)
+    folder = cfg.data_dir / cfg.client
+    if not folder.is_dir():
+        found = sorted(p.name for p in cfg.data_dir.glob("client_*"))
+        raise InputError(f"{folder}: no such client folder (found: {', '.join(found) or 'none'})")
+    headers = [
+        member_header(locate_member(archive_path(cfg.data_dir, cfg.client, d), d))
+        for d in range(1, cfg.day + 1)
+    ]
+    for option, path in (("--db", cfg.db), ("--report", cfg.report), ("--json", cfg.json_path)):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InputError(f"{path}: the folder for {option} does not exist")
+    if headers[-1].extras:
+        path = archive_path(cfg.data_dir, cfg.client, cfg.day)
+        say(f"{path}: extra column(s) ignored: {', '.join(headers[-1].extras)}")
+
+
+@contextlib.contextmanager
+def exclusive_run(db: Path) -> Iterator[None]:
+    """Hold `<db>.lock` for the whole run; a second run on the same database stops at once.
+
+    SQLite's own locks (WAL, 30 s busy timeout, checkpoint re-checked inside each
+    transaction) already keep a table from being corrupted or double-counted; this lock
+    makes a second benchmark say so plainly instead of racing the first to the end. A
+    stale pid left in the file by a killed run is no obstacle: the kernel released its lock.
+    """
+    lock_path = db.resolve().with_name(db.resolve().name + ".lock")  # same file via any link
+    try:
+        lock = open(lock_path, "a+")  # noqa: SIM115 (closed below, after the run)
+    except OSError as exc:
+        raise InputError(f"{lock_path}: cannot open the lock file ({exc.strerror})") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            raise BusyError(
+                f"{db}: another main.py run is using this database ({holder}); "
+                "wait for it to finish"
+            ) from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, started {dt.datetime.now():%Y-%m-%d %H:%M:%S}")
+        lock.flush()
+        yield
+
+
+@contextlib.contextmanager
+def scratch_folder(db: Path, say: Say) -> Iterator[Path]:
+    """A temporary folder beside the database for the run's copies, removed after it.
+
+    Called with the database's lock held: any scratch folder of the same database
+    still there belongs to a run that was killed (its lock is gone), so it is removed.
+    """
+    home = db.resolve().parent
+    prefix = f"{SCRATCH_PREFIX}{db.resolve().name}-"
+    for leftover in sorted(home.glob(f"{prefix}*")):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+            say(f"removed {leftover}, the scratch folder of a run that did not finish")
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=home) as tmp:
+        yield Path(tmp)
+
+
+def scratch_state(cfg: BenchConfig, scratch: Path) -> Path:
+    """A copy of the database to work on, its schema current, the baseline's table empty.
+
+    The real database changes only at the very end, and then only for this client, so
+    bad input found late leaves it untouched.
+    """
+    state = scratch / "state.db"
+    if cfg.db.exists():
+        copy_db(cfg.db, state)
+    with contextlib.closing(connect(state)) as con:
+        ensure_schema(con, say=lambda line: None)  # said when the real one is migrated
+        with transaction(con):  # every baseline run then writes into a client-free table
+            delete_client(con, cfg.client, FULL_REFRESH_TABLES)
+    return state
+
+
+def final_parity(final: Path, client: str, sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """Parity of the last repeat's two answers, failed if any sweep day failed (timed apart)."""
+    clock = Stopwatch()
+    with clock.stage("parity"), contextlib.closing(connect(final)) as con:
+        parity = overall_parity(check_parity(con, client), sweep)
+    return {**parity, "seconds": clock.stages_s["parity"]}
+
+
+def save_day_n(cfg: BenchConfig, final: Path, parity: dict[str, Any], say: Say) -> None:
+    """The client's rows of every table replaced by the day-N state, in one transaction.
+
+    On a parity failure the real database is left as it was and the failing state is
+    kept beside it instead.
+    """
+    target = cfg.db
+    if not parity["ok"]:
+        target = cfg.db.with_name(cfg.db.name + ".parity-failed")
+        parity["kept"] = str(target)
+    with contextlib.closing(connect(target)) as con:
+        ensure_schema(con, say)
+        copy_client_rows(final, con, cfg.client, TABLES)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write a file under a temporary name and rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options (docs/spec.md section 5) over the BenchConfig defaults."""
+    d = BenchConfig()
+    p = argparse.ArgumentParser(
+        prog="main.py",
+        description="Benchmark incremental processing against full reprocessing of a "
+        "cumulative daily feed, check parity, and write results.md.",
+        epilog="example: python main.py --client client_2 --day 4 --repeat 3 --json results.json",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=d.data_dir,
+        help=f"feeds written by generate_data.py (default: {d.data_dir})",
+    )
+    p.add_argument("--db", type=Path, default=d.db, help=f"SQLite database (default: {d.db})")
+    p.add_argument(
+        "--client", default=d.client, help=f"client folder to benchmark (default: {d.client})"
+    )
+    p.add_argument(
+        "--day",
+        type=positive_int,
+        default=d.day,
+        help=f"benchmark the step from day N-1 to day N (default: {d.day})",
+    )
+    p.add_argument(
+        "--repeat",
+        type=positive_int,
+        default=d.repeat,
+        help=f"timed runs of each pipeline after one warm-up (default: {d.repeat})",
+    )
+    p.add_argument(
+        "--report", type=Path, default=d.report, help=f"Markdown report (default: {d.report})"
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        dest="json_path",
+        help="also write the machine-readable results here, e.g. results.json",
+    )
+    p.add_argument(
+        "--sweep",
+        action=argparse.BooleanOptionalAction,
+        default=d.sweep,
+        help="also run both pipelines once on every day 2..N-1 and chart how cost grows "
+        "(default: on; --no-sweep skips it)",
+    )
+    p.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=d.peers,
+        help="also measure what a data team would run instead, on day N: a full refresh in"
+        " DuckDB and the by-date shortcut (default: on; --no-peers skips them)",
+    )
+    return p.parse_args(argv)
+
+
+def summary(cfg: BenchConfig, results: dict[str, Any]) -> str:
+    """The run's last line: both pipelines' figures and where the report is."""
+    base, inc, ratios = results["baseline"], results["incremental"], results["ratios"]
+    return (
+        f"baseline {base['wall_s']['median']:.3f} s, {base['peak_mib']:.0f} MiB; "
+        f"incremental {inc['wall_s']['median']:.3f} s, {inc['peak_mib']:.0f} MiB: "
+        f"{ratios['speedup']:.1f}x faster, {ratios['memory_ratio']:.1f}x less memory; "
+        f"report: {cfg.report}"
+    )
+
+
+def parity_failure(cfg: BenchConfig, parity: dict[str, Any]) -> str:
+    """What differs, then the one-line error, for a run whose parity failed."""
+    return (
+        f"parity diff: {json.dumps(parity['diff'], indent=2, default=str)}\n"
+        f"main.py: parity FAILED for {cfg.client} day {cfg.day}: {parity['error']}"
+        f" (database left unchanged; failing state kept in {parity['kept']})"
+    )
+
+
+def config_from(args: argparse.Namespace) -> BenchConfig:
+    """The run's configuration from its parsed options."""
+    return BenchConfig(
+        data_dir=args.data_dir,
+        db=args.db,
+        client=args.client,
+        day=args.day,
+        repeat=args.repeat,
+        report=args.report,
+        json_path=args.json_path,
+        sweep=args.sweep,
+        peers=args.peers,
+    )

@@ -1,0 +1,49 @@
+"""The one clock of every figure: stage stopwatches, and progress bars.
+
+Knows nothing of what it times."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+
+class Stopwatch:
+    """Wall time by stage (time.perf_counter), the one clock of every figure here.
+
+    Stages nest exclusively: while an inner stage runs, the outer one is paused, so
+    the stages of a call add up to its time and nothing is counted twice.
+    """
+
+    def __init__(self) -> None:
+        self.stages_s: dict[str, float] = {}
+        self._open: list[str] = []
+        self._since = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Charge the wall time of the block to `name` (added up over repeated blocks)."""
+        self._charge()
+        self._open.append(name)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._open.pop()
+
+    def _charge(self) -> None:
+        now = time.perf_counter()
+        if self._open:
+            name = self._open[-1]
+            self.stages_s[name] = self.stages_s.get(name, 0.0) + now - self._since
+        self._since = now
+
+
+def progress(items: range, label: str, unit: str = "day") -> Iterator[int]:
+    """A tqdm bar on a terminal (off elsewhere, and for fewer than two items)."""
+    if len(items) < 2:
+        return iter(items)
+    from tqdm import tqdm
+
+    return iter(tqdm(items, desc=label, unit=unit, disable=None, leave=False))

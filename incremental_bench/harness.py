@@ -1,0 +1,377 @@
+"""The harness: fresh processes, repeats, the sweep, the floors, memory_profiler tables.
+
+Owns running the measured calls in their own processes from copies of one state, the
+inflaters' comparison and each stage's floor. Knows nothing of the report's words."""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import contextlib
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import blake3
+import polars as pl
+from isal import isal_zlib
+
+from incremental_bench.archive import archive_path, compressed_pieces, inflate_all, locate_member
+from incremental_bench.blocks import member_header, read_header
+from incremental_bench.clock import Stopwatch, progress
+from incremental_bench.config import (
+    FLOOR_TRIES,
+    FULL_REFRESH_TABLES,
+    HEADER_BYTES,
+    READ_CHUNK_BYTES,
+    Z_BUF_ERROR,
+    Z_NO_FLUSH,
+    Z_OK,
+    Z_STREAM_END,
+    BenchConfig,
+    CorruptArchive,
+    InputError,
+    WorkerError,
+)
+from incremental_bench.deflate import AccessPoint, BlockInflater, TrackedInflate
+from incremental_bench.parity import check_parity
+from incremental_bench.parse import parse_block
+from incremental_bench.peers import PEERS, peer_parity
+from incremental_bench.pipelines import choose_access_point, incremental_step
+from incremental_bench.store import (
+    DAYS_WHERE,
+    connect,
+    copy_client_rows,
+    copy_db,
+    delete_client,
+    delete_days,
+    ensure_schema,
+    existing_days,
+    insert_rows,
+    read_access_points,
+    read_checkpoint,
+    transaction,
+    write_access_points,
+    write_checkpoint,
+)
+from incremental_bench.transform import finalize, load_lookups, process_transactions, sum_additive
+from incremental_bench.worker import PIPELINES, RunResult, RunSpec
+
+
+def run_in_fresh_process(
+    pipeline: str, state: Path, cfg: BenchConfig, day: int, mode: str, scratch: Path
+) -> RunResult:
+    """One pipeline call in a new interpreter, on its own copy of `state` (then removed)."""
+    db = scratch / f"run-{pipeline}.db"
+    copy_db(state, db)
+    # Flush what earlier runs and this copy left for the disk to write, so that a run's
+    # own commit does not wait behind them (measured: the incremental write after a
+    # baseline run, 0.077 s without this, 0.054 s with it).
+    os.sync()
+    out = scratch / f"result-{pipeline}.json"
+    spec = RunSpec(
+        pipeline, str(db), str(cfg.data_dir), cfg.client, day, mode, str(out), os.getpid()
+    )
+    cmd = [sys.executable, "-m", "incremental_bench.worker", json.dumps(asdict(spec))]
+    # The package's folder on the worker's path, from wherever the driver was started.
+    home = str(Path(__file__).resolve().parent.parent)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode == 2:
+        raise InputError(proc.stderr.strip().splitlines()[-1].removeprefix("main.py: error: "))
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise WorkerError(f"{pipeline} run failed in its process: {tail}")
+    return RunResult.from_json(out.read_text())
+
+
+@dataclass
+class Measurement:
+    """The main measurement: each pipeline's warm-up and timed repeats, and its output."""
+
+    warmups: dict[str, RunResult]
+    runs: dict[str, list[RunResult]]
+    final: Path  # the last repeat's database, holding both answers for the parity check
+
+
+def measure(cfg: BenchConfig, state: Path, scratch: Path) -> Measurement:
+    """Warm up, then time every repeat of both pipelines, each from its own copy of `state`.
+
+    Repeats alternate baseline, incremental and the peers, so that drift of a shared,
+    noisy machine hits all alike. Each peer's last answer stays in run-<peer>.db.
+    """
+    names = [*PIPELINES, *(PEERS if cfg.peers else ())]
+    warmups = {p: run_in_fresh_process(p, state, cfg, cfg.day, "memory", scratch) for p in names}
+    runs: dict[str, list[RunResult]] = {p: [] for p in names}
+    for _ in progress(range(cfg.repeat), "timed repeats", unit="repeat"):
+        for pipeline in names:
+            runs[pipeline].append(
+                run_in_fresh_process(pipeline, state, cfg, cfg.day, "time", scratch)
+            )
+    # The last incremental state, with the last baseline's answer beside it.
+    final = scratch / "final.db"
+    os.replace(scratch / "run-incremental.db", final)
+    with contextlib.closing(connect(final)) as con:
+        copy_client_rows(scratch / "run-baseline.db", con, cfg.client, FULL_REFRESH_TABLES)
+    return Measurement(warmups, runs, final)
+
+
+def median_time(run: Callable[[], object], undo: Callable[[], object] = lambda: None) -> float:
+    """Median wall time of FLOOR_TRIES calls of `run`, after one untimed call (so warm).
+
+    `undo`, called after each call outside the clock, puts back what `run` changed. The
+    disk's pending writes are flushed before each call, as before each pipeline run.
+    """
+    times = []
+    for attempt in range(FLOOR_TRIES + 1):
+        os.sync()
+        clock = Stopwatch()
+        with clock.stage("run"):
+            run()
+        undo()
+        if attempt:
+            times.append(clock.stages_s["run"])
+    return statistics.median(times)
+
+
+def measure_inflaters(cfg: BenchConfig) -> dict[str, Any]:
+    """Inflate the whole day-N member with each inflater used here (median_time).
+
+    Outside the pipelines' timings; it tells the reader how much the choice of
+    inflater weighs.
+    """
+    member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
+    if member.method != zipfile.ZIP_DEFLATED:
+        return {}  # zipfile reads other methods: no inflater to compare
+    readers: dict[str, Callable[[], Iterable[bytes]]] = {
+        "ISA-L (isal)": lambda: inflate_all(member),
+        "zlib (Z_BLOCK, ctypes)": lambda: TrackedInflate(member),
+    }
+    seconds = {
+        name: median_time(lambda read=read: collections.deque(read(), maxlen=0))
+        for name, read in readers.items()
+    }
+    return {"bytes": member.size, "compressed_bytes": member.compressed_size, "seconds": seconds}
+
+
+def inflate_tail(point: AccessPoint, last_byte: int, tail: bytes) -> Iterator[bytes]:
+    """The text of a deflate stream from an access point, zlib alone: no hashing, no CRC,
+    no boundaries noted (the inflate floor). `last_byte`: the byte before the point."""
+    inflater = BlockInflater()
+    code = Z_OK
+    try:
+        inflater.prime(point.bits, last_byte, point.window)
+        for start in range(0, len(tail), READ_CHUNK_BYTES):
+            inflater.feed(tail[start : start + READ_CHUNK_BYTES])
+            # Until zlib wants more input (all taken, room left) or the stream ends.
+            while code == Z_OK and (inflater.strm.avail_in or not inflater.strm.avail_out):
+                code, text = inflater.inflate(Z_NO_FLUSH)
+                yield text
+            if code == Z_BUF_ERROR:
+                code = Z_OK  # nothing was pending: zlib wants the next piece
+            if code != Z_OK:
+                break
+    finally:
+        inflater.close()
+    if code != Z_STREAM_END:
+        raise CorruptArchive(f"the tail past an access point does not inflate (zlib {code})")
+
+
+def insert_statements(
+    con: sqlite3.Connection, table: str, values: list[tuple]
+) -> list[tuple[str, list]]:
+    """Rows as the multi-row INSERTs of every write, parameters built (a write floor's
+    input, prepared before its clock)."""
+    per = insert_rows(con, len(values[0]) if values else 1)
+    row = f"({', '.join('?' * (len(values[0]) if values else 1))})"
+    chunks = [values[i : i + per] for i in range(0, len(values), per)]
+    return [
+        (f"INSERT INTO {table} VALUES {', '.join([row] * len(c))}", [*chain(*c)]) for c in chunks
+    ]
+
+
+def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, float]:
+    """What each stage of the day-N full refresh costs at least here, done alone.
+
+    Each stage's work on the whole archive in one call, its input ready before the clock
+    (median_time, warm, outside the pipelines' timings): read: ISA-L inflating the whole
+    member from its compressed bytes in memory; parse: Polars' CSV reader on the whole
+    text, every field as text, no checks; transform: the shared transformation on every
+    row at once and the table's derived columns; write: SQLite alone replacing the
+    client's full-refresh rows with the same rows in the same multi-row INSERTs,
+    parameters built beforehand, and committing (no pandas, no conversions).
+    """
+    member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
+    if member.method != zipfile.ZIP_DEFLATED:
+        return {}
+    lookups = load_lookups(cfg.data_dir)
+    compressed = b"".join(compressed_pieces(member))
+    text = isal_zlib.decompress(compressed, -15)
+    header = read_header(member.path, text[:HEADER_BYTES])
+    body = text[header.length :]
+    names = {f"column_{i}": pl.String for i in range(len(header.columns))}
+    rows = parse_block(body, header.lines + 1, header)[0]
+    del text
+
+    def transform() -> pl.DataFrame:
+        return finalize(process_transactions(rows, cfg.client, lookups).aggregated)
+
+    values = transform().rows()
+    db = scratch / "floors-full.db"
+    copy_db(state, db)
+    with contextlib.closing(connect(db)) as con:
+        inserts = insert_statements(con, "processed_sales_full_refresh", values)
+
+        def clear() -> None:
+            """As each baseline run starts: no full-refresh rows of the client."""
+            with transaction(con):
+                delete_client(con, cfg.client, ("processed_sales_full_refresh",))
+
+        def write() -> None:
+            with transaction(con):
+                delete_client(con, cfg.client, ("processed_sales_full_refresh",))
+                for sql, params in inserts:
+                    con.execute(sql, params)
+
+        clear()
+        floors = {
+            "read": median_time(lambda: isal_zlib.decompress(compressed, -15)),
+            "parse": median_time(
+                lambda: pl.read_csv(body, has_header=False, schema=names, raise_if_empty=False)
+            ),
+            "transform": median_time(transform),
+            "write": median_time(write, undo=clear),
+        }
+    db.unlink(missing_ok=True)
+    return floors
+
+
+def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, float]:
+    """What each stage of day N's incremental step costs at least here, done alone.
+
+    From the day N-1 state, with the access point the step resumes from, each stage's
+    work without what our code adds to it (median_time, warm, outside the pipelines'
+    timings): read: zlib inflating the tail alone; verify: BLAKE3 over the compressed
+    history already in memory; parse: Polars' CSV reader on the new text alone (no
+    checks, no line numbers); transform: the new rows' transformation without the merge
+    into the stored days; write: SQLite alone deleting the touched days, inserting the
+    merged rows in the same multi-row INSERTs with their parameters prebuilt, storing
+    the checkpoint and the access points, and committing (no pandas, no conversions).
+    Empty when the step would not resume from an access point.
+    """
+    db = scratch / "floors.db"
+    copy_db(state, db)
+    member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
+    header, lookups = member_header(member), load_lookups(cfg.data_dir)
+    with contextlib.closing(connect(db)) as con:
+        cp = read_checkpoint(con, cfg.client)
+        point = None
+        if cp is not None:
+            point, _, _ = choose_access_point(member, cp, read_access_points(con, cfg.client))
+        if cp is None or point is None:
+            return {}
+        history = b"".join(compressed_pieces(member, 0, point.compressed_offset))
+        tail = b"".join(compressed_pieces(member, point.compressed_offset))
+        last_byte = history[-1] if point.bits else 0
+        text = b"".join(inflate_tail(point, last_byte, tail))[cp.bytes_processed - point.offset :]
+        names = {f"column_{i}": pl.String for i in range(len(header.columns))}
+        rows = parse_block(text, cp.lines_processed + 1, header)[0]
+        new = process_transactions(rows, cfg.client, lookups)
+        touched = sorted({str(d) for d in new.aggregated["transaction_date"].unique()})
+        stored = existing_days(con, cfg.client, touched)
+        merged = finalize(sum_additive(pl.concat([stored, new.aggregated]))).rows()
+        before = con.execute(
+            f"SELECT * FROM processed_sales WHERE {DAYS_WHERE}", (cfg.client, json.dumps(touched))
+        ).fetchall()
+        points = read_access_points(con, cfg.client)
+
+        def statements(values: list[tuple]) -> list[tuple[str, list]]:
+            return insert_statements(con, "processed_sales", values)
+
+        def write(inserts: list[tuple[str, list]]) -> None:
+            """The step's writes: the touched days, a checkpoint and the access points."""
+            with transaction(con):
+                delete_days(con, cfg.client, touched)
+                for sql, params in inserts:
+                    con.execute(sql, params)
+                write_checkpoint(con, cfg.client, cp)
+                write_access_points(con, cfg.client, points)
+
+        new_rows, old_rows = statements(merged), statements(before)
+
+        return {
+            "read": median_time(
+                lambda: collections.deque(inflate_tail(point, last_byte, tail), maxlen=0)
+            ),
+            "verify": median_time(lambda: blake3.blake3(history).digest()),
+            "parse": median_time(
+                lambda: pl.read_csv(text, has_header=False, schema=names, raise_if_empty=False)
+            ),
+            "transform": median_time(lambda: process_transactions(rows, cfg.client, lookups)),
+            "write": median_time(lambda: write(new_rows), undo=lambda: write(old_rows)),
+        }
+
+
+def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
+    """Both pipelines on every day 2..N-1: one run each, time and memory sampled together.
+
+    Each day starts from the state the incremental run of the day before left (the
+    sweep's own, from day 1), so every day is measured from exactly the day before,
+    and the two answers of every day are checked for parity. Day N is the main
+    measurement's warm-up.
+    """
+    if not cfg.sweep or cfg.day <= 2:
+        return []
+    state = scratch / "sweep-state.db"
+    with contextlib.closing(connect(state)) as con:
+        ensure_schema(con, say=lambda line: None)
+        incremental_step(con, cfg.data_dir, cfg.client, 1)
+    days = []
+    for day in progress(range(2, cfg.day), "sweep: days"):
+        runs = {p: run_in_fresh_process(p, state, cfg, day, "memory", scratch) for p in PIPELINES}
+        with contextlib.closing(connect(scratch / "run-incremental.db")) as con:
+            copy_client_rows(scratch / "run-baseline.db", con, cfg.client, FULL_REFRESH_TABLES)
+            parity = check_parity(con, cfg.client)
+            with transaction(con):  # tomorrow's baseline starts client-free again
+                delete_client(con, cfg.client, FULL_REFRESH_TABLES)
+        os.replace(scratch / "run-incremental.db", state)
+        days.append({"day": day, "runs": runs, "parity": parity})
+    return days
+
+
+def profile_lines(cfg: BenchConfig, state: Path, scratch: Path) -> None:
+    """Under `python -m memory_profiler main.py`: one line-by-line table per pipeline.
+
+    memory_profiler installs `profile` in builtins. Registering incremental_step's code
+    lets its lines show inside the one traced call of run_optimized_benchmark; the
+    warm-up replays ran before, untraced.
+    """
+    line_profiler = getattr(builtins, "profile", None)
+    if line_profiler is None:
+        return
+    line_profiler(incremental_step)
+    for pipeline, fn in PIPELINES.items():
+        db = scratch / f"profile-{pipeline}.db"
+        copy_db(state, db)
+        line_profiler(fn)(db, cfg.data_dir, cfg.client, cfg.day)
+
+
+def peer_checks(cfg: BenchConfig, measured: Measurement, scratch: Path) -> dict[str, Any]:
+    """Each measured peer's last answer against the baseline's (peer_parity)."""
+    return {
+        name: peer_parity(scratch / f"run-{name}.db", PEERS[name][1], measured.final, cfg.client)
+        for name in measured.runs
+        if name in PEERS
+    }

@@ -1,0 +1,295 @@
+"""The results record: every figure of the report, computed once (the --json).
+
+Owns turning measured runs into medians, ratios, floors, growth and parity figures.
+Knows nothing of Markdown."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import platform
+import sqlite3
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from incremental_bench.config import FLAT_SHARE, FLOOR_TRIES, PIPELINE_NAMES, STAGES, BenchConfig
+from incremental_bench.harness import Measurement
+from incremental_bench.peers import PEERS
+from incremental_bench.worker import RunResult
+
+
+def summarize(values: list[float]) -> dict[str, Any]:
+    """Median, min and max of the measured tries, and every try."""
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
+
+
+def run_figures(run: RunResult) -> dict[str, Any]:
+    """One sampled run of a pipeline (a sweep day, or day N's warm-up)."""
+    return {
+        "wall_s": run.wall_s,
+        "peak_mib": run.peak_mib,
+        "data_mib": run.data_mib,
+        "rows_processed": run.record.rows_processed,
+        "bytes_inflated": run.record.bytes_inflated,
+        "read_mode": run.record.read_mode,
+        "notes": [run.record.note] if run.record.note else [],
+    }
+
+
+def pipeline_figures(warm: RunResult, runs: list[RunResult]) -> dict[str, Any]:
+    """A pipeline's figures: time from the timed repeats, memory from the warm-up."""
+    every = [warm, *runs]
+    last = runs[-1].record
+    modes = [r.record.read_mode for r in every]
+    return {
+        "wall_s": summarize([r.wall_s for r in runs]),
+        "peak_mib": warm.peak_mib,
+        "data_mib": warm.data_mib,
+        "peak_rss_mib": warm.peak_rss_mib,
+        "rss_before_mib": warm.rss_before_mib,
+        "warmup_wall_s": warm.wall_s,  # untimed in the figures above; the sweep's day N
+        "hwm_delta_mib": summarize([r.hwm_rss_mib - r.rss_before_mib for r in every]),
+        "file_rss_delta_mib": warm.file_rss_delta_mib,
+        "stages_s": {
+            stage: statistics.median(r.record.stages_s.get(stage, 0.0) for r in runs)
+            for stage in STAGES
+        },
+        # The part of each timed call outside every stage (opening and closing the
+        # database, reading the checkpoint), median over the runs.
+        "unstaged_s": statistics.median(r.wall_s - sum(r.record.stages_s.values()) for r in runs),
+        "counters": last.counters,
+        "rows_processed": last.rows_processed,
+        "rows_written": last.rows_written,
+        "bytes_inflated": last.bytes_inflated,
+        "archive_bytes": last.archive_bytes,
+        "latest_date": last.latest_date,
+        "notes": sorted({r.record.note for r in every if r.record.note}),
+        "read_modes": modes,
+        "resumed_runs": sum(m.startswith("resumed") for m in modes),
+        "top_five": last.top_five,
+        "local_split": last.local_split,
+        "dialect": last.dialect,
+    }
+
+
+def sweep_points(sweep: list[dict[str, Any]], m: Measurement, day: int) -> list[dict]:
+    """The chart's rows: the sweep's days plus day N.
+
+    Day N's point is the main measurement's warm-up: like every sweep point, one run
+    with memory sampled, so the curve is measured one way throughout.
+    """
+    points = [*sweep, {"day": day, "runs": m.warmups}] if sweep else []
+    rows = []
+    for point in points:
+        base, inc = (run_figures(point["runs"][p]) for p in PIPELINE_NAMES)
+        rows.append(
+            {
+                "day": point["day"],
+                "baseline": base,
+                "incremental": inc,
+                "rows_total": base["rows_processed"],
+                "rows_new": inc["rows_processed"],
+                "speedup": base["wall_s"] / inc["wall_s"],
+                "memory_ratio": base["peak_mib"] / max(inc["peak_mib"], 0.1),
+            }
+        )
+    return rows
+
+
+def growth(points: list[dict]) -> dict[str, Any] | None:
+    """How each pipeline's cost moved over the sweep: first and last day, range and slope."""
+    rows = [p["rows_total"] / 1e6 for p in points]
+    if len(points) < 2 or len(set(rows)) < 2:
+        return None
+    out: dict[str, Any] = {"first_day": points[0]["day"], "last_day": points[-1]["day"]}
+    for pipeline in PIPELINE_NAMES:
+        for figure in ("wall_s", "peak_mib"):
+            values = [p[pipeline][figure] for p in points]
+            out[f"{pipeline}_{figure}"] = {
+                "first": values[0],
+                "last": values[-1],
+                "min": min(values),
+                "max": max(values),
+                "last_over_first": values[-1] / max(values[0], 1e-9),
+                # least-squares slope: this figure's unit per million rows of history
+                "per_million_rows": statistics.linear_regression(rows, values).slope,
+            }
+    inc, base = out["incremental_wall_s"], out["baseline_wall_s"]
+    out["incremental_flat"] = inc["per_million_rows"] < FLAT_SHARE * base["per_million_rows"]
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """Machine and software the figures were measured on."""
+    import memory_profiler
+    import pandas
+    import psutil
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "python": platform.python_version(),
+        "polars": pl.__version__,
+        "pandas": pandas.__version__,
+        "sqlite": sqlite3.sqlite_version,
+        "memory_profiler": memory_profiler.__version__,
+        "os": platform.platform(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "command": " ".join(["python", *sys.argv]),
+    }
+
+
+def unique_notes(warmup: dict[str, Any], sweep: list[dict], figures: dict[str, Any]) -> list[str]:
+    """Every restatement and fallback the run met, each once, in the order met."""
+    notes = [
+        *warmup["notes"],
+        *[n for p in sweep for n in run_figures(p["runs"]["incremental"])["notes"]],
+        *figures["incremental"]["notes"],
+    ]
+    return list(dict.fromkeys(notes))
+
+
+def peer_figures(m: Measurement, checks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each peer's figures, measured as the pipelines' are, with its kind and its parity."""
+    return {
+        name: {
+            **pipeline_figures(m.warmups[name], m.runs[name]),
+            "kind": PEERS[name][0],
+            "parity_ok": check["ok"],
+            "parity": check,
+        }
+        for name, check in checks.items()
+    }
+
+
+def paired_ratios(full: dict[str, Any], inc: dict[str, Any]) -> dict[str, Any]:
+    """Each timed run of a full refresh over the incremental run of the same repeat (the
+    repeats alternate, so each pair ran side by side): the headline's spread."""
+    pairs = zip(full["wall_s"]["runs"], inc["wall_s"]["runs"], strict=True)
+    return summarize([f / i for f, i in pairs])
+
+
+def against_the_best(figures: dict[str, Any], peers: dict[str, Any]) -> dict[str, Any]:
+    """The incremental run against the fastest and the leanest correct full refresh."""
+    inc = figures["incremental"]
+    full = {"baseline": figures["baseline"]} | {
+        n: p for n, p in peers.items() if p["kind"] == "full refresh" and p["parity_ok"]
+    }
+    fastest = min(full, key=lambda n: full[n]["wall_s"]["median"])
+    leanest = min(full, key=lambda n: full[n]["peak_mib"])
+    memory_ratio = full[leanest]["peak_mib"] / max(inc["peak_mib"], 0.1)
+    return {
+        "full_refreshes": list(full),
+        "fastest": fastest,
+        "speedup": full[fastest]["wall_s"]["median"] / inc["wall_s"]["median"],
+        "speedup_paired": paired_ratios(full[fastest], inc),
+        "leanest": leanest,
+        "memory_ratio": memory_ratio,
+        # For the sentence: "N x less" when the incremental run is leaner, "N x more" if not.
+        "memory_words": (memory_ratio, "less") if memory_ratio >= 1 else (1 / memory_ratio, "more"),
+    }
+
+
+def floor_figures(floors: dict[str, float], inc: dict[str, Any]) -> dict[str, Any]:
+    """Each stage's median of a pipeline beside its floor (measure_floors,
+    measure_full_floors), and their sums."""
+    if not floors:
+        return {}
+    stages = {stage: {"ours": inc["stages_s"][stage], "floor": s} for stage, s in floors.items()}
+    total = {k: sum(figures[k] for figures in stages.values()) for k in ("ours", "floor")}
+    return {
+        "stages": stages,
+        "total": total,
+        "wall_s": inc["wall_s"]["median"],
+        "unstaged_s": inc["unstaged_s"],
+        "tries": FLOOR_TRIES,
+    }
+
+
+def build_results(
+    cfg: BenchConfig,
+    m: Measurement,
+    warmup: dict[str, Any],
+    sweep: list[dict[str, Any]],
+    parity: dict[str, Any],
+    peer_checks: dict[str, dict[str, Any]],
+    inflaters: dict[str, Any],
+    floors: dict[str, float],
+    full_floors: dict[str, float],
+) -> dict[str, Any]:
+    """The results record (the --json): every figure results.md shows, computed here."""
+    figures = {p: pipeline_figures(m.warmups[p], m.runs[p]) for p in PIPELINE_NAMES}
+    peers = peer_figures(m, peer_checks)
+    base, inc = figures["baseline"], figures["incremental"]
+    notes = unique_notes(warmup, sweep, figures)
+    points = sweep_points(sweep, m, cfg.day)
+    code_free = (base["peak_mib"] - base["file_rss_delta_mib"]) / max(
+        inc["peak_mib"] - inc["file_rss_delta_mib"], 0.1
+    )
+    if inflaters:
+        mib = inflaters["bytes"] / 2**20
+        inflaters["mib_per_s"] = {k: mib / s for k, s in inflaters["seconds"].items()}
+    return {
+        **figures,
+        "peers": peers,
+        "against_the_best": against_the_best(figures, peers),
+        "parity": parity,
+        "ratios": {
+            "speedup": base["wall_s"]["median"] / inc["wall_s"]["median"],
+            "speedup_paired": paired_ratios(base, inc),
+            "memory_ratio": base["peak_mib"] / max(inc["peak_mib"], 0.1),
+            "memory_ratio_without_library_code": code_free,
+        },
+        "conditions": {
+            "client": cfg.client,
+            "day": cfg.day,
+            "previous_day": cfg.day - 1,
+            "rows_total": base["rows_processed"],
+            "rows_new": inc["rows_processed"],
+            "archive_bytes": base["archive_bytes"],
+            "benchmark_date": base["latest_date"],
+            "repeat": cfg.repeat,
+            "sweep": cfg.sweep,
+            "peers": cfg.peers,
+            "dialect": base["dialect"],  # of the day-N archive, as the baseline read it whole
+            "run_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+        "warmup": warmup,
+        "correctness": {
+            "state": warmup["how"],
+            "parity_day_n": parity["ok"],
+            "parity_sweep_days": {str(p["day"]): p["parity"]["ok"] for p in sweep},
+            "rows_rejected_archive": base["counters"]["rows_rejected"],
+            "rows_rejected_new": inc["counters"]["rows_rejected"],
+            "restatements": [n for n in notes if "restatement" in n],
+            "fallbacks": [n for n in notes if "restatement" not in n],
+        },
+        "inflaters": inflaters,
+        "floors": floor_figures(floors, inc),
+        "floors_full_refresh": floor_figures(full_floors, base),
+        "sweep": points,
+        "growth": growth(points),
+        "chart": cfg.report.with_suffix(".png").name if points else None,
+        "summary": {
+            "date": base["latest_date"],
+            "top_five": base["top_five"],
+            "local_split": base["local_split"],
+        },
+        "environment": environment(),
+    }

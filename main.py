@@ -33,6 +33,7 @@ import json
 import sys
 from typing import Any
 
+from incremental_bench.chart import render_chart
 from incremental_bench.cli import (
     check_inputs,
     config_from,
@@ -68,7 +69,7 @@ from incremental_bench.pipelines import (
     run_baseline_benchmark,
     run_optimized_benchmark,
 )
-from incremental_bench.report import render_chart, render_report
+from incremental_bench.report import render_report
 from incremental_bench.results import build_results
 from incremental_bench.transform import PipelineArtifacts, process_transactions
 

@@ -8,6 +8,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 
+from tqdm import tqdm
+
 
 class Stopwatch:
     """Wall time by stage (time.perf_counter), the one clock of every figure here.
@@ -44,6 +46,4 @@ def progress(items: range, label: str, unit: str = "day") -> Iterator[int]:
     """A tqdm bar on a terminal (off elsewhere, and for fewer than two items)."""
     if len(items) < 2:
         return iter(items)
-    from tqdm import tqdm
-
     return iter(tqdm(items, desc=label, unit=unit, disable=None, leave=False))

@@ -49,6 +49,8 @@ from incremental_bench.peers import PEERS, peer_parity
 from incremental_bench.pipelines import choose_access_point, incremental_step
 from incremental_bench.store import (
     DAYS_WHERE,
+    Checkpoint,
+    Connection,
     connect,
     copy_client_rows,
     copy_db,
@@ -81,7 +83,7 @@ def run_in_fresh_process(
     spec = RunSpec(
         pipeline, str(db), str(cfg.data_dir), cfg.client, day, mode, str(out), os.getpid()
     )
-    cmd = [sys.executable, "-m", "incremental_bench.worker", json.dumps(asdict(spec))]
+    cmd = [sys.executable, "-m", "incremental_bench.worker_entry", json.dumps(asdict(spec))]
     # The package's folder on the worker's path, from wherever the driver was started.
     home = str(Path(__file__).resolve().parent.parent)
     env = {
@@ -292,25 +294,6 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, fl
         touched = sorted({str(d) for d in new.aggregated["transaction_date"].unique()})
         stored = existing_days(con, cfg.client, touched)
         merged = finalize(sum_additive(pl.concat([stored, new.aggregated]))).rows()
-        before = con.execute(
-            f"SELECT * FROM processed_sales WHERE {DAYS_WHERE}", (cfg.client, json.dumps(touched))
-        ).fetchall()
-        points = read_access_points(con, cfg.client)
-
-        def statements(values: list[tuple]) -> list[tuple[str, list]]:
-            return insert_statements(con, "processed_sales", values)
-
-        def write(inserts: list[tuple[str, list]]) -> None:
-            """The step's writes: the touched days, a checkpoint and the access points."""
-            with transaction(con):
-                delete_days(con, cfg.client, touched)
-                for sql, params in inserts:
-                    con.execute(sql, params)
-                write_checkpoint(con, cfg.client, cp)
-                write_access_points(con, cfg.client, points)
-
-        new_rows, old_rows = statements(merged), statements(before)
-
         return {
             "read": median_time(
                 lambda: collections.deque(inflate_tail(point, last_byte, tail), maxlen=0)
@@ -320,8 +303,32 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, fl
                 lambda: pl.read_csv(text, has_header=False, schema=names, raise_if_empty=False)
             ),
             "transform": median_time(lambda: process_transactions(rows, cfg.client, lookups)),
-            "write": median_time(lambda: write(new_rows), undo=lambda: write(old_rows)),
+            "write": step_write_floor(con, cfg.client, cp, merged, touched),
         }
+
+
+def step_write_floor(
+    con: Connection, client: str, cp: Checkpoint, merged: list[tuple], touched: list[str]
+) -> float:
+    """The incremental step's write done alone (median_time): delete the touched days,
+    insert `merged` in prebuilt multi-row INSERTs, store the checkpoint and the access
+    points, commit; the stored rows are put back after each try."""
+    before = con.execute(
+        f"SELECT * FROM processed_sales WHERE {DAYS_WHERE}", (client, json.dumps(touched))
+    ).fetchall()
+    points = read_access_points(con, client)
+
+    def write(inserts: list[tuple[str, list]]) -> None:
+        with transaction(con):
+            delete_days(con, client, touched)
+            for sql, params in inserts:
+                con.execute(sql, params)
+            write_checkpoint(con, client, cp)
+            write_access_points(con, client, points)
+
+    new_rows = insert_statements(con, "processed_sales", merged)
+    old_rows = insert_statements(con, "processed_sales", before)
+    return median_time(lambda: write(new_rows), undo=lambda: write(old_rows))
 
 
 def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:

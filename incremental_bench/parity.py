@@ -9,6 +9,7 @@ import sqlite3
 from typing import Any
 
 import polars as pl
+from polars.testing import assert_frame_equal
 
 from incremental_bench.config import KEY, SALES_SCHEMA
 
@@ -42,8 +43,6 @@ def check_parity(con: sqlite3.Connection, client: str) -> dict[str, Any]:
     Returns a record with ok=False and a readable diff instead of raising, so the
     report can show it.
     """
-    from polars.testing import assert_frame_equal
-
     inc = sales_rows(con, "processed_sales", client)
     full = sales_rows(con, "processed_sales_full_refresh", client)
     inc_rejected = rejected_rows(con, "rejected_rows", client)

@@ -16,6 +16,7 @@ from typing import Any
 
 import polars as pl
 from isal import isal_zlib
+from polars.testing import assert_frame_equal
 
 from incremental_bench.archive import (
     Member,
@@ -115,6 +116,8 @@ def inflate_to_file(member: Member, path: Path) -> int:
 def duckdb_session(data_dir: Path) -> Any:
     """An in-memory DuckDB with the two lookups loaded (once per process, before the clock,
     as the pipelines' lookups are); a key listed twice keeps its first row."""
+    # Imported here, in the duckdb peer's own process only: its import takes about 70 ms
+    # and pages its library in, in every worker that would never run it.
     import duckdb
 
     duck = duckdb.connect()
@@ -274,8 +277,6 @@ def peer_parity(peer_db: Path, table: str, answer_db: Path, client: str) -> dict
     On failure: rows lost (orders the baseline counted that the peer did not) and keys
     differing, beside the usual diff.
     """
-    from polars.testing import assert_frame_equal
-
     with contextlib.closing(sqlite3.connect(peer_db)) as peer:
         got = sales_rows(peer, table, client)
     with contextlib.closing(sqlite3.connect(answer_db)) as ans:

@@ -4,8 +4,6 @@ Computes no figure and imports no engine: neither Polars nor SQLite nor the pipe
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from incremental_bench.config import COUNTERS, PIPELINE_NAMES
@@ -33,34 +31,6 @@ def fmt_dialect(dialect: dict[str, Any]) -> str:
             f"extra columns ignored: {', '.join(extras)}" if extras else "no extra columns",
         ]
     )
-
-
-def render_chart(results: dict[str, Any], path: Path) -> None:
-    """The PNG next to results.md: time and peak memory against rows in the archive."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    points = results["sweep"]
-    rows = [p["rows_total"] / 1e6 for p in points]
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for pipeline, style in (("baseline", "o-"), ("incremental", "s-")):
-        ax_time.plot(rows, [p[pipeline]["wall_s"] for p in points], style, label=pipeline)
-        ax_mem.plot(rows, [p[pipeline]["peak_mib"] for p in points], style, label=pipeline)
-    for ax, label in ((ax_time, "wall time (s)"), (ax_mem, "peak memory (MiB)")):
-        ax.set_xlabel("rows in the archive (millions)")
-        ax.set_ylabel(label)
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    cond = results["conditions"]
-    fig.suptitle(f"{cond['client']}: one day's step, days 2 to {cond['day']}")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def fmt_spread(paired: dict[str, Any]) -> str:

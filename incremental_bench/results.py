@@ -15,7 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import memory_profiler
+import pandas
 import polars as pl
+import psutil
 
 from incremental_bench.config import FLAT_SHARE, FLOOR_TRIES, PIPELINE_NAMES, STAGES, BenchConfig
 from incremental_bench.harness import Measurement
@@ -131,10 +134,6 @@ def growth(points: list[dict]) -> dict[str, Any] | None:
 
 def environment() -> dict[str, Any]:
     """Machine and software the figures were measured on."""
-    import memory_profiler
-    import pandas
-    import psutil
-
     cpu = platform.processor()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -222,6 +221,37 @@ def floor_figures(floors: dict[str, float], inc: dict[str, Any]) -> dict[str, An
     }
 
 
+def ratios(base: dict[str, Any], inc: dict[str, Any]) -> dict[str, Any]:
+    """The baseline against the incremental run: time, its spread, memory."""
+    code_free = (base["peak_mib"] - base["file_rss_delta_mib"]) / max(
+        inc["peak_mib"] - inc["file_rss_delta_mib"], 0.1
+    )
+    return {
+        "speedup": base["wall_s"]["median"] / inc["wall_s"]["median"],
+        "speedup_paired": paired_ratios(base, inc),
+        "memory_ratio": base["peak_mib"] / max(inc["peak_mib"], 0.1),
+        "memory_ratio_without_library_code": code_free,
+    }
+
+
+def conditions(cfg: BenchConfig, base: dict[str, Any], inc: dict[str, Any]) -> dict[str, Any]:
+    """What was measured: the client, the day, the rows, the options, when."""
+    return {
+        "client": cfg.client,
+        "day": cfg.day,
+        "previous_day": cfg.day - 1,
+        "rows_total": base["rows_processed"],
+        "rows_new": inc["rows_processed"],
+        "archive_bytes": base["archive_bytes"],
+        "benchmark_date": base["latest_date"],
+        "repeat": cfg.repeat,
+        "sweep": cfg.sweep,
+        "peers": cfg.peers,
+        "dialect": base["dialect"],  # of the day-N archive, as the baseline read it whole
+        "run_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
 def build_results(
     cfg: BenchConfig,
     m: Measurement,
@@ -239,9 +269,6 @@ def build_results(
     base, inc = figures["baseline"], figures["incremental"]
     notes = unique_notes(warmup, sweep, figures)
     points = sweep_points(sweep, m, cfg.day)
-    code_free = (base["peak_mib"] - base["file_rss_delta_mib"]) / max(
-        inc["peak_mib"] - inc["file_rss_delta_mib"], 0.1
-    )
     if inflaters:
         mib = inflaters["bytes"] / 2**20
         inflaters["mib_per_s"] = {k: mib / s for k, s in inflaters["seconds"].items()}
@@ -250,26 +277,8 @@ def build_results(
         "peers": peers,
         "against_the_best": against_the_best(figures, peers),
         "parity": parity,
-        "ratios": {
-            "speedup": base["wall_s"]["median"] / inc["wall_s"]["median"],
-            "speedup_paired": paired_ratios(base, inc),
-            "memory_ratio": base["peak_mib"] / max(inc["peak_mib"], 0.1),
-            "memory_ratio_without_library_code": code_free,
-        },
-        "conditions": {
-            "client": cfg.client,
-            "day": cfg.day,
-            "previous_day": cfg.day - 1,
-            "rows_total": base["rows_processed"],
-            "rows_new": inc["rows_processed"],
-            "archive_bytes": base["archive_bytes"],
-            "benchmark_date": base["latest_date"],
-            "repeat": cfg.repeat,
-            "sweep": cfg.sweep,
-            "peers": cfg.peers,
-            "dialect": base["dialect"],  # of the day-N archive, as the baseline read it whole
-            "run_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        },
+        "ratios": ratios(base, inc),
+        "conditions": conditions(cfg, base, inc),
         "warmup": warmup,
         "correctness": {
             "state": warmup["how"],

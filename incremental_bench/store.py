@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import polars as pl
 
 from incremental_bench.config import (
@@ -198,8 +199,6 @@ def write_access_points(con: Connection, client: str, points: list[AccessPoint])
 
 def write_frame(con: Connection, table: str, frame: pl.DataFrame) -> None:
     """Append a Polars frame to a table with pandas' to_sql (write_pandas)."""
-    import pandas as pd  # only the write needs it
-
     if frame.height:
         write_pandas(con, table, pd.DataFrame({c: frame[c].to_numpy() for c in frame.columns}))
 

@@ -6,20 +6,19 @@ and the worker's life tied to its driver. Knows nothing of repeats or the report
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
+import gc
 import json
-import os
 import resource
-import signal
-import sys
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+from memory_profiler import memory_usage
+
 from incremental_bench.clock import Stopwatch
-from incremental_bench.config import MEMORY_SAMPLE_S, PAGE_BYTES, PIPELINE_NAMES, InputError
+from incremental_bench.config import MEMORY_SAMPLE_S, PAGE_BYTES, PIPELINE_NAMES
 from incremental_bench.peers import PEERS, duckdb_session
 from incremental_bench.pipelines import RunRecord, run_baseline_benchmark, run_optimized_benchmark
 from incremental_bench.transform import load_lookups
@@ -36,8 +35,6 @@ def proc_status_mib(field_name: str) -> float | None:
 
 def rss_mib() -> float:
     """Resident size of this process now, in MiB (psutil, memory_profiler's own backend)."""
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**20
 
 
@@ -138,34 +135,15 @@ PIPELINES: dict[str, Callable[[Path, Path, str, int], RunRecord]] = dict(
 )
 
 
-def die_with_driver(driver_pid: int) -> None:
-    """Have the kernel kill this worker when the driver dies, even by SIGKILL.
-
-    PR_SET_PDEATHSIG is set in the worker itself (a preexec_fn would run in the
-    driver's forked child while Polars' threads exist); a driver already gone before
-    it took effect is caught by the parent check.
-    """
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != driver_pid:
-        os._exit(1)
-
-
 def worker(spec: RunSpec) -> RunResult:
     """Run one pipeline call in this (fresh) process and measure it.
 
     mode "time": wall time around the call. mode "memory": memory_profiler samples the
     resident size every 5 ms during the call (its wall time is kept too, for the
     sweep; the main figures time only "time" runs). Imports and lookups are loaded
-    before either measurement starts, for both pipelines alike.
+    before either measurement starts, for both pipelines alike (the modules' imports,
+    pandas' included, all happen when this module loads).
     """
-    import gc
-
-    import pandas  # noqa: F401 (imported now so that its import is not measured)
-    from memory_profiler import memory_usage
-
     fn = PIPELINES[spec.pipeline] if spec.pipeline in PIPELINES else PEERS[spec.pipeline][2]
     if spec.pipeline == "duckdb":
         duckdb_session(Path(spec.data_dir))  # its lookups, like the pipelines', before the clock
@@ -199,24 +177,3 @@ def worker(spec: RunSpec) -> RunResult:
         anon_before_mib=anon_before,
         anon_peak_mib=anon.peak_mib if anon else None,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """A measured run's entry point: `python -m incremental_bench.worker SPEC_JSON`.
-
-    Started by the harness only; an unusable input is one line on stderr and exit 2,
-    as from main.py.
-    """
-    spec = RunSpec(**json.loads((sys.argv[1:] if argv is None else argv)[0]))
-    die_with_driver(spec.driver_pid)
-    try:
-        result = worker(spec)
-    except InputError as exc:
-        print(f"main.py: error: {exc}", file=sys.stderr)
-        return 2
-    Path(spec.out).write_text(json.dumps(asdict(result)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

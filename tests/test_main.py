@@ -878,7 +878,7 @@ def workers_of(pid: int) -> list:
     found = []
     for child in psutil.Process(pid).children():
         with contextlib.suppress(psutil.NoSuchProcess):
-            if "incremental_bench.worker" in child.cmdline():
+            if "incremental_bench.worker_entry" in child.cmdline():
                 found.append(child)
     return found
 

@@ -100,7 +100,7 @@ def run_benchmark(cfg: BenchConfig, say: Say) -> dict[str, Any]:
             say(f"sweep: both pipelines on days 2..{cfg.day - 1}, one sampled run each")
         sweep = run_sweep(cfg, scratch)  # 5. sweep
         profile_lines(cfg, state, scratch)
-        parity = final_parity(measured.final, cfg.client, sweep)  # 6. parity
+        parity = final_parity(measured.final, cfg.client, cfg.day, sweep)  # 6. parity
         peers = peer_checks(cfg, measured, scratch)
         save_day_n(cfg, measured.final, parity, say)  # 7. results
     return build_results(

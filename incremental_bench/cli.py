@@ -132,11 +132,11 @@ def scratch_state(cfg: BenchConfig, scratch: Path) -> Path:
     return state
 
 
-def final_parity(final: Path, client: str, sweep: list[dict[str, Any]]) -> dict[str, Any]:
+def final_parity(final: Path, client: str, day: int, sweep: list[dict[str, Any]]) -> dict[str, Any]:
     """Parity of the last repeat's two answers, failed if any sweep day failed (timed apart)."""
     clock = Stopwatch()
     with clock.stage("parity"), contextlib.closing(connect(final)) as con:
-        parity = overall_parity(check_parity(con, client), sweep)
+        parity = overall_parity(check_parity(con, client), sweep, day)
     return {**parity, "seconds": clock.stages_s["parity"]}
 
 

@@ -64,14 +64,17 @@ def check_parity(con: sqlite3.Connection, client: str) -> dict[str, Any]:
     return record
 
 
-def overall_parity(day_n: dict[str, Any], sweep: list[dict[str, Any]]) -> dict[str, Any]:
-    """Parity of the run: day N's record, failed if any sweep day failed too."""
+def overall_parity(day_n: dict[str, Any], sweep: list[dict[str, Any]], day: int) -> dict[str, Any]:
+    """Parity of the run: day N's record, failed if any sweep day failed too. `day` names
+    the day the record describes: day N, or the first sweep day that failed when day N
+    held (its rows and diff are then that day's)."""
     failed = [p for p in sweep if not p["parity"]["ok"]]
     if day_n["ok"] and failed:
         first = failed[0]["parity"]
         days = ", ".join(str(p["day"]) for p in failed)
-        return {**first, "ok": False, "error": f"sweep day(s) {days}: {first['error']}"}
-    return day_n
+        error = f"sweep day(s) {days}: {first['error']}"
+        return {**first, "ok": False, "error": error, "day": failed[0]["day"]}
+    return {**day_n, "day": day}
 
 
 def diff_summary(inc: pl.DataFrame, full: pl.DataFrame) -> dict[str, Any]:

@@ -68,9 +68,10 @@ WITH typed AS (
     FROM read_csv($csv, header = true, all_varchar = true)
 ), clean AS (
     SELECT tx, qty, cents, sku_id,
-        CASE WHEN z IS NULL OR regexp_full_match(z, '\s*') THEN '00000'
+        CASE WHEN z IS NULL OR regexp_full_match(z, '[\s\x0B\x{85}\p{Z}]*') THEN '00000'
              ELSE coalesce(nullif(regexp_extract(
-                 upper(regexp_replace(z, '\s', '', 'g')), '[0-9]{5}'), ''), '00000') END AS zip,
+                 upper(regexp_replace(z, '[\s\x0B\x{85}\p{Z}]', '', 'g')), '[0-9]{5}'), ''),
+                 '00000') END AS zip,
         CASE WHEN regexp_full_match(maturity_date, '[0-9]{4}-[0-9]{2}-[0-9]{2}')
              THEN TRY_CAST(maturity_date AS DATE) END AS m
     FROM typed

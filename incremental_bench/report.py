@@ -561,7 +561,8 @@ def render_method() -> list[str]:
         " the static lookups and imports are loaded before the clock starts. One untimed"
         " warm-up run per pipeline (which also measures memory), then the repeats,"
         " alternating the two pipelines.",
-        "- `wall_s` spans the call from opening the archive to the committed write;"
+        "- `wall_s` spans the whole pipeline call, from its first step (for the incremental"
+        " run, opening the database and reading the checkpoint) to the committed write;"
         " parity is checked afterwards, on the last repeat's output, and never timed with"
         " a pipeline.",
         "",

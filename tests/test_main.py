@@ -45,6 +45,7 @@ from incremental_bench import (
     config,
     harness,
     parity,
+    peers,
     pipelines,
     report,
     results,
@@ -628,6 +629,27 @@ def test_line_tables_only_under_memory_profiler(tmp_path, monkeypatch):
     assert calls == [("run_baseline_benchmark", ("c", 2)), ("run_optimized_benchmark", ("c", 2))]
 
 
+@pytest.mark.parametrize("space", ["\u00a0", "\u2003", "\u3000", "\u0085", "\x0b"])
+def test_the_duckdb_peer_drops_every_unicode_whitespace_as_the_rules_say(space, tmp_path):
+    # RE2's \s is ASCII whitespace only; the rules drop any Unicode whitespace.
+    rows = [f"{i},2025-10-01,SKU-1,1,1.00,2025-11-01,94{space}107" for i in range(1, 40)]
+    rows += [f"{i},2025-10-01,SKU-2,1,1.00,2025-11-01,{space}" for i in range(40, 60)]
+    feed = write_feed(tmp_path / "data", [rows])
+    tables = {}
+    for name, run in (
+        ("baseline", pipelines.run_baseline_benchmark),
+        ("duckdb", peers.run_duckdb_full_refresh),
+    ):
+        db = tmp_path / f"{name}.db"
+        fresh_db(db).close()
+        run(db, feed, "client_1", 1)
+        with contextlib.closing(store.connect(db)) as con:
+            tables[name] = parity.sales_rows(con, "processed_sales_full_refresh", "client_1")
+    table, _, _ = oracle_for(feed, "client_1", 1)
+    assert_table_matches(tables["baseline"], table)
+    assert_table_matches(tables["duckdb"], table)
+
+
 def test_peers_are_measured_alike_and_checked_against_the_baseline(benchmark_run):
     out, _, _ = benchmark_run
     tiny_feed = out / "data"
@@ -691,9 +713,10 @@ def test_a_failed_sweep_day_fails_the_run_and_the_report_says_where(benchmark_ru
     good = {"ok": True, "rows": 10}
     bad = {"ok": False, "error": "values differ", "diff": {"sample": []}}
     sweep = [{"day": 2, "parity": good}, {"day": 3, "parity": bad}, {"day": 4, "parity": bad}]
-    verdict = parity.overall_parity(good, sweep)
+    verdict = parity.overall_parity(good, sweep, 5)
     assert not verdict["ok"] and verdict["error"] == "sweep day(s) 3, 4: values differ"
-    assert parity.overall_parity(good, sweep[:1]) is good
+    assert verdict["day"] == 3  # the record describes the failing sweep day, and says so
+    assert parity.overall_parity(good, sweep[:1], 5) == {**good, "day": 5}
     out, _, _ = benchmark_run
     results = json.loads((out / "r.json").read_text())
     results["correctness"]["parity_sweep_days"] = {"2": False}

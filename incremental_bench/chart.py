@@ -10,8 +10,8 @@ from typing import Any
 
 def render_chart(results: dict[str, Any], path: Path) -> None:
     """The PNG next to results.md: time and peak memory against rows in the archive."""
-    # Imported here, only when a chart is drawn: matplotlib takes about half a second to
-    # import, which a run without a sweep never needs.
+    # Imported here, only when a chart is drawn: matplotlib's import is slow
+    # (docs/design.md), and a run without a sweep never needs it.
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed

@@ -76,12 +76,18 @@ def run_in_fresh_process(
     db = scratch / f"run-{pipeline}.db"
     copy_db(state, db)
     # Flush what earlier runs and this copy left for the disk to write, so that a run's
-    # own commit does not wait behind them (measured: the incremental write after a
-    # baseline run, 0.077 s without this, 0.054 s with it).
+    # own commit does not wait behind them (docs/measurement.md).
     os.sync()
     out = scratch / f"result-{pipeline}.json"
     spec = RunSpec(
-        pipeline, str(db), str(cfg.data_dir), cfg.client, day, mode, str(out), os.getpid()
+        pipeline=pipeline,
+        db=str(db),
+        data_dir=str(cfg.data_dir),
+        client=cfg.client,
+        day=day,
+        mode=mode,
+        out=str(out),
+        driver_pid=os.getpid(),
     )
     cmd = [sys.executable, "-m", "incremental_bench.worker_entry", json.dumps(asdict(spec))]
     # The package's folder on the worker's path, from wherever the driver was started.
@@ -378,7 +384,7 @@ def profile_lines(cfg: BenchConfig, state: Path, scratch: Path) -> None:
 def peer_checks(cfg: BenchConfig, measured: Measurement, scratch: Path) -> dict[str, Any]:
     """Each measured peer's last answer against the baseline's (peer_parity)."""
     return {
-        name: peer_parity(scratch / f"run-{name}.db", PEERS[name][1], measured.final, cfg.client)
+        name: peer_parity(scratch / f"run-{name}.db", PEERS[name].table, measured.final, cfg.client)
         for name in measured.runs
         if name in PEERS
     }

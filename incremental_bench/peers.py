@@ -11,6 +11,7 @@ import functools
 import sqlite3
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,8 +118,8 @@ def inflate_to_file(member: Member, path: Path) -> int:
 def duckdb_session(data_dir: Path) -> Any:
     """An in-memory DuckDB with the two lookups loaded (once per process, before the clock,
     as the pipelines' lookups are); a key listed twice keeps its first row."""
-    # Imported here, in the duckdb peer's own process only: its import takes about 70 ms
-    # and pages its library in, in every worker that would never run it.
+    # Imported here, in the duckdb peer's own process only: its import is slow and pages
+    # its library in, in every worker that would never run it (docs/design.md).
     import duckdb
 
     duck = duckdb.connect()
@@ -264,11 +265,19 @@ def run_polars_in_memory(db: Path, data_dir: Path, client: str, day: int) -> Run
     )
 
 
-# name -> (kind, where its answer is written, the call); run and measured like the pipelines.
-PEERS: dict[str, tuple[str, str, Callable[[Path, Path, str, int], RunRecord]]] = {
-    "polars_in_memory": ("full refresh", "processed_sales_full_refresh", run_polars_in_memory),
-    "duckdb": ("full refresh", "processed_sales_full_refresh", run_duckdb_full_refresh),
-    "by_date": ("incremental", "processed_sales", run_by_date),
+@dataclass(frozen=True)
+class Peer:
+    """A way a data team would run instead, run and measured like the pipelines."""
+
+    kind: str  # "full refresh" or "incremental"
+    table: str  # where its answer is written, checked against the baseline's
+    run: Callable[[Path, Path, str, int], RunRecord]  # the call, as a pipeline's
+
+
+PEERS: dict[str, Peer] = {
+    "polars_in_memory": Peer("full refresh", "processed_sales_full_refresh", run_polars_in_memory),
+    "duckdb": Peer("full refresh", "processed_sales_full_refresh", run_duckdb_full_refresh),
+    "by_date": Peer("incremental", "processed_sales", run_by_date),
 }
 
 

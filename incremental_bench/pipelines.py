@@ -141,7 +141,17 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     path = archive_path(data_dir, client, day)
     cp = read_checkpoint(con, client)
     if cp and day == cp.last_day:
-        return RunRecord("incremental", {}, {}, 0, 0, 0, 0, cp.last_transaction_date, "no-op")
+        return RunRecord(
+            pipeline="incremental",
+            stages_s={},
+            counters={},
+            rows_processed=0,
+            rows_written=0,
+            bytes_inflated=0,
+            archive_bytes=0,
+            latest_date=cp.last_transaction_date,
+            note="no-op",
+        )
     if cp and day < cp.last_day:
         raise StaleDayError(
             f"{path}: checkpoint of {client} already holds day {cp.last_day}; "

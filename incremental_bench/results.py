@@ -169,7 +169,7 @@ def peer_figures(m: Measurement, checks: dict[str, dict[str, Any]]) -> dict[str,
     return {
         name: {
             **pipeline_figures(m.warmups[name], m.runs[name]),
-            "kind": PEERS[name][0],
+            "kind": PEERS[name].kind,
             "parity_ok": check["ok"],
             "parity": check,
         }

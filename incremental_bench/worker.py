@@ -77,8 +77,8 @@ def peak_rss_mib() -> float:
     """The kernel's high-water mark of this process's resident size, in MiB.
 
     VmHWM where /proc has it: unlike getrusage's ru_maxrss, it is not inherited from
-    the parent across fork and exec (ru_maxrss reported the benchmark driver's own
-    size, about 370 MiB, for a 195 MiB worker).
+    the parent across fork and exec (ru_maxrss would report the benchmark driver's own
+    size for a smaller worker; docs/measurement.md).
     """
     hwm = proc_status_mib("VmHWM")
     if hwm is not None:
@@ -144,7 +144,7 @@ def worker(spec: RunSpec) -> RunResult:
     before either measurement starts, for both pipelines alike (the modules' imports,
     pandas' included, all happen when this module loads).
     """
-    fn = PIPELINES[spec.pipeline] if spec.pipeline in PIPELINES else PEERS[spec.pipeline][2]
+    fn = PIPELINES[spec.pipeline] if spec.pipeline in PIPELINES else PEERS[spec.pipeline].run
     if spec.pipeline == "duckdb":
         duckdb_session(Path(spec.data_dir))  # its lookups, like the pipelines', before the clock
     args = (Path(spec.db), Path(spec.data_dir), spec.client, spec.day)

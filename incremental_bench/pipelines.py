@@ -129,6 +129,21 @@ def run_optimized_benchmark(db: Path, data_dir: Path, client: str, day: int) -> 
         return incremental_step(con, data_dir, client, day)
 
 
+def nothing_new(cp: Checkpoint) -> RunRecord:
+    """The incremental step's record on the day its checkpoint already holds."""
+    return RunRecord(
+        pipeline="incremental",
+        stages_s={},
+        counters={},
+        rows_processed=0,
+        rows_written=0,
+        bytes_inflated=0,
+        archive_bytes=0,
+        latest_date=cp.last_transaction_date,
+        note="no-op",
+    )
+
+
 def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> RunRecord:
     """Bring `client` from its checkpoint to `day` in one transaction.
 
@@ -141,17 +156,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     path = archive_path(data_dir, client, day)
     cp = read_checkpoint(con, client)
     if cp and day == cp.last_day:
-        return RunRecord(
-            pipeline="incremental",
-            stages_s={},
-            counters={},
-            rows_processed=0,
-            rows_written=0,
-            bytes_inflated=0,
-            archive_bytes=0,
-            latest_date=cp.last_transaction_date,
-            note="no-op",
-        )
+        return nothing_new(cp)
     if cp and day < cp.last_day:
         raise StaleDayError(
             f"{path}: checkpoint of {client} already holds day {cp.last_day}; "

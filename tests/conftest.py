@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -15,6 +19,7 @@ import polars as pl  # noqa: E402
 from oracle import expected  # noqa: E402
 
 import generate_data  # noqa: E402
+import main  # noqa: E402
 from incremental_bench import blocks, config, parity, parse, pipelines, store  # noqa: E402
 
 TINY = ["--days", "3", "--base-rows", "3000", "--daily-rows", "300", "--seed", "7"]
@@ -63,6 +68,13 @@ def parsed(body: bytes, first_line: int = 2) -> pl.DataFrame:
 
 HAND_ZIPS = {"94107": "CA", "90210": "CA", "10001": "NY", "00000": ""}
 HAND_SKUS = {"SKU-1": "G1", "SKU-2": "G2", "SKU-3": "G1"}
+
+
+def row(
+    zip_raw: str = "94107", maturity: str = "2025-11-01", sku: str = "SKU-1", tx: str = "2025-10-01"
+) -> str:
+    """One hand-written data line of the seven columns, in order."""
+    return f"1,{tx},{sku},2,10.50,{maturity},{zip_raw}"
 
 
 def write_feed(data_dir: Path, days: list[list[str]], client: str = "client_1") -> Path:
@@ -132,3 +144,26 @@ def replay(feed: Path, db: Path, days: range | list[int]) -> store.Connection:
 def state(con: store.Connection) -> pl.DataFrame:
     """client_1's rows of processed_sales."""
     return parity.sales_rows(con, "processed_sales", "client_1")
+
+
+@pytest.fixture(scope="session")
+def benchmark_run(tmp_path_factory):
+    """One real `main.py` run on a tiny feed, day 3, two repeats, made once per session.
+
+    Under pytest-xdist the first worker to get here runs it and the other waits for it
+    (a lock in the folder the workers share), so the tests that read it can run anywhere.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "benchmark_run"
+    args = ["--data-dir", str(out / "data"), "--db", str(out / "db.sqlite"), "--day", "3"]
+    args += ["--repeat", "2", "--report", str(out / "results.md"), "--json", str(out / "r.json")]
+    with open(shared / "benchmark_run.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "printed.txt").exists():
+            generate(out / "data", *TINY)
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main.main(args) == 0
+            (out / "printed.txt").write_text(printed.getvalue())
+    return out, args, (out / "printed.txt").read_text()

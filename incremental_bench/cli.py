@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from incremental_bench.archive import archive_path, locate_member
-from incremental_bench.blocks import member_header
 from incremental_bench.clock import Stopwatch
 from incremental_bench.config import (
     FULL_REFRESH_TABLES,
@@ -28,6 +26,7 @@ from incremental_bench.config import (
     Say,
 )
 from incremental_bench.parity import check_parity, overall_parity
+from incremental_bench.pipelines import check_archives
 from incremental_bench.store import (
     connect,
     copy_client_rows,
@@ -56,16 +55,12 @@ def check_inputs(cfg: BenchConfig, say: Say) -> None:
     if not folder.is_dir():
         found = sorted(p.name for p in cfg.data_dir.glob("client_*"))
         raise InputError(f"{folder}: no such client folder (found: {', '.join(found) or 'none'})")
-    headers = [
-        member_header(locate_member(archive_path(cfg.data_dir, cfg.client, d), d))
-        for d in range(1, cfg.day + 1)
-    ]
+    last, extras = check_archives(cfg.data_dir, cfg.client, cfg.day)
     for option, path in (("--db", cfg.db), ("--report", cfg.report), ("--json", cfg.json_path)):
         if path is not None and not path.resolve().parent.is_dir():
             raise InputError(f"{path}: the folder for {option} does not exist")
-    if headers[-1].extras:
-        path = archive_path(cfg.data_dir, cfg.client, cfg.day)
-        say(f"{path}: extra column(s) ignored: {', '.join(headers[-1].extras)}")
+    if extras:
+        say(f"{last}: extra column(s) ignored: {', '.join(extras)}")
 
 
 @contextlib.contextmanager

@@ -105,6 +105,15 @@ def run_record(
     return RunRecord(**{**fields, **more})
 
 
+def check_archives(data_dir: Path, client: str, day: int) -> tuple[Path, list[str]]:
+    """Open every archive of days 1..`day` and read its header, before any work: one
+    clear error for the first that is missing, corrupt or without the seven columns.
+    Returns day `day`'s archive and the extra columns of its CSV (read past)."""
+    paths = [archive_path(data_dir, client, d) for d in range(1, day + 1)]
+    headers = [member_header(locate_member(path, d)) for d, path in enumerate(paths, start=1)]
+    return paths[-1], headers[-1].extras
+
+
 def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
     """Baseline: recompute the client from the whole day-N archive; full refresh write."""
     clock = Stopwatch()

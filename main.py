@@ -103,9 +103,10 @@ def run_benchmark(cfg: BenchConfig, say: Say) -> dict[str, Any]:
         parity = final_parity(measured.final, cfg.client, cfg.day, sweep)  # 6. parity
         peers = peer_checks(cfg, measured, scratch)
         save_day_n(cfg, measured.final, parity, say)  # 7. results
-    return build_results(
+    record = build_results(
         cfg, measured, warmup, sweep, parity, peers, inflaters, floors, full_floors
     )
+    return record.to_json()
 
 
 def generate_report(cfg: BenchConfig, results: dict[str, Any]) -> None:

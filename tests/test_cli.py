@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import dataclasses
 import io
 import json
 import sqlite3
@@ -147,14 +148,14 @@ def test_peers_are_measured_alike_and_checked_against_the_baseline(benchmark_run
 
 
 def test_summary_statistics_on_known_lists():
-    assert results.summarize([3.0, 1.0, 2.0]) == {
+    assert dataclasses.asdict(results.summarize([3.0, 1.0, 2.0])) == {
         "median": 2.0,
         "min": 1.0,
         "max": 3.0,
         "runs": [3.0, 1.0, 2.0],
     }
-    assert results.summarize([4.0, 1.0, 2.0, 10.0])["median"] == 3.0
-    assert results.summarize([0.5]) == {"median": 0.5, "min": 0.5, "max": 0.5, "runs": [0.5]}
+    assert results.summarize([4.0, 1.0, 2.0, 10.0]).median == 3.0
+    assert results.summarize([0.5]) == results.Spread(median=0.5, min=0.5, max=0.5, runs=[0.5])
 
 
 def test_report_renders_from_the_saved_json_alone(benchmark_run):

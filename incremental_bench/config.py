@@ -111,6 +111,7 @@ SALES_TABLE: dict[str, tuple[str, Any]] = {
     "revenue_rank": ("INTEGER", pl.Int64),
 }
 SALES_SCHEMA = {column: polars for column, (_, polars) in SALES_TABLE.items()}
+SALES_COLUMN_NAMES = list(SALES_TABLE)
 SALES_COLUMNS = ", ".join(
     [
         *(f"{column} {sql} NOT NULL" for column, (sql, _) in SALES_TABLE.items()),

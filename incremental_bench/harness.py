@@ -10,14 +10,12 @@ import collections
 import contextlib
 import json
 import os
-import sqlite3
 import statistics
 import subprocess
 import sys
 import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from incremental_bench.config import (
     FULL_REFRESH_TABLES,
     HEADER_BYTES,
     READ_CHUNK_BYTES,
+    SALES_COLUMN_NAMES,
     Z_BUF_ERROR,
     Z_NO_FLUSH,
     Z_OK,
@@ -58,7 +57,7 @@ from incremental_bench.store import (
     delete_days,
     ensure_schema,
     existing_days,
-    insert_rows,
+    insert_statements,
     read_access_points,
     read_checkpoint,
     transaction,
@@ -197,20 +196,17 @@ def inflate_tail(point: AccessPoint, last_byte: int, tail: bytes) -> Iterator[by
         raise CorruptArchive(f"the tail past an access point does not inflate (zlib {code})")
 
 
-def insert_statements(
-    con: sqlite3.Connection, table: str, values: list[tuple]
-) -> list[tuple[str, list]]:
-    """Rows as the multi-row INSERTs of every write, parameters built (a write floor's
-    input, prepared before its clock)."""
-    per = insert_rows(con, len(values[0]) if values else 1)
-    row = f"({', '.join('?' * (len(values[0]) if values else 1))})"
-    chunks = [values[i : i + per] for i in range(0, len(values), per)]
-    return [
-        (f"INSERT INTO {table} VALUES {', '.join([row] * len(c))}", [*chain(*c)]) for c in chunks
-    ]
+@dataclass(frozen=True)
+class Floors:
+    """Each stage's floor in seconds, and the work the floors did: the bytes they
+    inflated, the records they parsed and the rows they wrote, for the results to set
+    beside the pipeline's own (a floor of other work would be no floor)."""
+
+    seconds: dict[str, float]
+    work: dict[str, int]
 
 
-def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, float]:
+def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | None:
     """What each stage of the day-N full refresh costs at least here, done alone.
 
     Each stage's work on the whole archive in one call, its input ready before the clock
@@ -223,7 +219,7 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[st
     """
     member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
     if member.method != zipfile.ZIP_DEFLATED:
-        return {}
+        return None
     lookups = load_lookups(cfg.data_dir)
     compressed = b"".join(compressed_pieces(member))
     text = isal_zlib.decompress(compressed, -15)
@@ -231,16 +227,18 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[st
     body = text[header.length :]
     names = {f"column_{i}": pl.String for i in range(len(header.columns))}
     rows = parse_block(body, header.lines + 1, header)[0]
+    work = {"bytes_inflated": len(text), "rows_processed": rows.height}
     del text
 
     def transform() -> pl.DataFrame:
         return finalize(process_transactions(rows, cfg.client, lookups).aggregated)
 
     values = transform().rows()
+    work["rows_written"] = len(values)
     db = scratch / "floors-full.db"
     copy_db(state, db)
     with contextlib.closing(connect(db)) as con:
-        inserts = insert_statements(con, "processed_sales_full_refresh", values)
+        inserts = insert_statements(con, "processed_sales_full_refresh", SALES_COLUMN_NAMES, values)
 
         def clear() -> None:
             """As each baseline run starts: no full-refresh rows of the client."""
@@ -254,7 +252,7 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[st
                     con.execute(sql, params)
 
         clear()
-        floors = {
+        seconds = {
             "read": median_time(lambda: isal_zlib.decompress(compressed, -15)),
             "parse": median_time(
                 lambda: pl.read_csv(body, has_header=False, schema=names, raise_if_empty=False)
@@ -263,10 +261,10 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[st
             "write": median_time(write, undo=clear),
         }
     db.unlink(missing_ok=True)
-    return floors
+    return Floors(seconds, work)
 
 
-def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, float]:
+def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | None:
     """What each stage of day N's incremental step costs at least here, done alone.
 
     From the day N-1 state, with the access point the step resumes from, each stage's
@@ -289,18 +287,24 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, fl
         if cp is not None:
             point, _, _ = choose_access_point(member, cp, read_access_points(con, cfg.client))
         if cp is None or point is None:
-            return {}
+            return None
         history = b"".join(compressed_pieces(member, 0, point.compressed_offset))
         tail = b"".join(compressed_pieces(member, point.compressed_offset))
         last_byte = history[-1] if point.bits else 0
-        text = b"".join(inflate_tail(point, last_byte, tail))[cp.bytes_processed - point.offset :]
+        inflated = b"".join(inflate_tail(point, last_byte, tail))
+        text = inflated[cp.bytes_processed - point.offset :]
         names = {f"column_{i}": pl.String for i in range(len(header.columns))}
         rows = parse_block(text, cp.lines_processed + 1, header)[0]
         new = process_transactions(rows, cfg.client, lookups)
         touched = sorted({str(d) for d in new.aggregated["transaction_date"].unique()})
         stored = existing_days(con, cfg.client, touched)
         merged = finalize(sum_additive(pl.concat([stored, new.aggregated]))).rows()
-        return {
+        work = {
+            "bytes_inflated": len(inflated),
+            "rows_processed": rows.height,
+            "rows_written": len(merged),
+        }
+        seconds = {
             "read": median_time(
                 lambda: collections.deque(inflate_tail(point, last_byte, tail), maxlen=0)
             ),
@@ -311,6 +315,7 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> dict[str, fl
             "transform": median_time(lambda: process_transactions(rows, cfg.client, lookups)),
             "write": step_write_floor(con, cfg.client, cp, merged, touched),
         }
+        return Floors(seconds, work)
 
 
 def step_write_floor(
@@ -332,8 +337,8 @@ def step_write_floor(
             write_checkpoint(con, client, cp)
             write_access_points(con, client, points)
 
-    new_rows = insert_statements(con, "processed_sales", merged)
-    old_rows = insert_statements(con, "processed_sales", before)
+    new_rows = insert_statements(con, "processed_sales", SALES_COLUMN_NAMES, merged)
+    old_rows = insert_statements(con, "processed_sales", SALES_COLUMN_NAMES, before)
     return median_time(lambda: write(new_rows), undo=lambda: write(old_rows))
 
 

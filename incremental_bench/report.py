@@ -309,8 +309,19 @@ def render_full_floors(results: dict[str, Any]) -> list[str]:
 
 def floor_rows(floors: dict[str, Any], what: dict[str, str], run: str, outside: str) -> list[str]:
     """A floors table: one row per stage, then their sums; `outside`: what lies outside
-    every stage of a run."""
+    every stage of a run. A floor that did other work than the run is said to be so."""
     stages = floors["stages"]
+    work = floors.get("work", {})
+    differs = (
+        []
+        if floors.get("same_work", True)
+        else [
+            "",
+            f"The floors did other work than the {run}: {work.get('bytes_inflated', 0):,} bytes"
+            f" inflated, {work.get('rows_processed', 0):,} records parsed and"
+            f" {work.get('rows_written', 0):,} rows written; compare with care.",
+        ]
+    )
     return [
         "| stage | ours s | floor s | the floor is |",
         "| --- | ---: | ---: | --- |",
@@ -322,6 +333,7 @@ def floor_rows(floors: dict[str, Any], what: dict[str, str], run: str, outside: 
         f"| all {len(stages)} | {fmt_s(floors['total']['ours'])} |"
         f" {fmt_s(floors['total']['floor'])} | of a whole {run} of {fmt_s(floors['wall_s'])} s,"
         f" of which {fmt_s(floors['unstaged_s'])} s lie outside every stage: {outside} |",
+        *differs,
     ]
 
 

@@ -23,7 +23,7 @@ import polars as pl
 import psutil
 
 from incremental_bench.config import FLAT_SHARE, FLOOR_TRIES, PIPELINE_NAMES, STAGES, BenchConfig
-from incremental_bench.harness import Measurement
+from incremental_bench.harness import Floors, Measurement
 from incremental_bench.peers import PEERS
 from incremental_bench.worker import RunResult
 
@@ -299,13 +299,18 @@ class FloorFigures:
     wall_s: float  # the pipeline's median
     unstaged_s: float
     tries: int  # the timed calls each floor is the median of
+    work: dict[str, int]  # bytes inflated, records parsed, rows written by the floors
+    same_work: bool  # whether the pipeline's record did exactly that work
 
 
-def floor_figures(floors: dict[str, float], fig: PipelineFigures) -> FloorFigures | None:
+def floor_figures(floors: Floors | None, fig: PipelineFigures) -> FloorFigures | None:
     """A pipeline's stages beside their floors (measure_floors, measure_full_floors)."""
-    if not floors:
+    if floors is None:
         return None
-    stages = {stage: {"ours": fig.stages_s[stage], "floor": s} for stage, s in floors.items()}
+    stages = {
+        stage: {"ours": fig.stages_s[stage], "floor": s} for stage, s in floors.seconds.items()
+    }
+    ours = {k: getattr(fig, k) for k in ("bytes_inflated", "rows_processed", "rows_written")}
     total = {k: sum(figures[k] for figures in stages.values()) for k in ("ours", "floor")}
     return FloorFigures(
         stages=stages,
@@ -313,6 +318,8 @@ def floor_figures(floors: dict[str, float], fig: PipelineFigures) -> FloorFigure
         wall_s=fig.wall_s.median,
         unstaged_s=fig.unstaged_s,
         tries=FLOOR_TRIES,
+        work=floors.work,
+        same_work=floors.work == ours,
     )
 
 
@@ -426,8 +433,8 @@ def build_results(
     parity: dict[str, Any],
     peer_checks: dict[str, dict[str, Any]],
     inflaters: dict[str, Any],
-    floors: dict[str, float],
-    full_floors: dict[str, float],
+    floors: Floors | None,
+    full_floors: Floors | None,
 ) -> Results:
     """The results record: every figure results.md shows, computed here."""
     figures = {

@@ -13,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +213,34 @@ def write_pandas(con: Connection, table: str, frame: Any) -> None:
     """
     if len(frame):
         rows = insert_rows(con, len(frame.columns))
-        frame.to_sql(table, con, if_exists="append", index=False, chunksize=rows, method="multi")
+        frame.to_sql(table, con, if_exists="append", index=False, chunksize=rows, method=insert)
+
+
+def insert(pd_table: Any, con: Any, columns: list[str], rows: Iterable[tuple]) -> int:
+    """pandas' to_sql insert method: one chunk of rows in one multi-row INSERT, the same
+    statement the write floors run (insert_statements)."""
+    values = list(rows)
+    sql, params = multi_insert(pd_table.name, columns, values)
+    con.execute(sql, params)
+    return len(values)
+
+
+def multi_insert(table: str, columns: list[str], values: list[tuple]) -> tuple[str, list]:
+    """One INSERT of `values` into `table`'s `columns`, and its parameters, flattened."""
+    row = f"({', '.join('?' * len(columns))})"
+    names = ", ".join(columns)
+    return f"INSERT INTO {table} ({names}) VALUES {', '.join([row] * len(values))}", [
+        *chain.from_iterable(values)
+    ]
+
+
+def insert_statements(
+    con: sqlite3.Connection, table: str, columns: list[str], values: list[tuple]
+) -> list[tuple[str, list]]:
+    """Rows as the multi-row INSERTs of every write, parameters built: a write floor's
+    input, prepared before its clock, the statements the pipelines' write runs."""
+    per = insert_rows(con, len(columns))
+    return [multi_insert(table, columns, values[i : i + per]) for i in range(0, len(values), per)]
 
 
 def insert_rows(con: sqlite3.Connection, columns: int) -> int:

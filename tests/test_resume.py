@@ -110,7 +110,7 @@ def test_the_resumed_tail_equals_a_full_inflate_byte_for_byte(feed_name, request
     assert_table_matches(state(con), table)
 
 
-def test_floors_measure_every_stage_and_leave_the_state_as_it_was(four_days, tmp_path):
+def test_floors_do_the_work_of_their_stages_and_leave_the_state_as_it_was(four_days, tmp_path):
     db = tmp_path / "state.db"
     con = fresh_db(db)
     for day in (1, 2, 3):
@@ -119,16 +119,26 @@ def test_floors_measure_every_stage_and_leave_the_state_as_it_was(four_days, tmp
     con.close()
     cfg = config.BenchConfig(data_dir=four_days, db=db, day=4)
     floors = harness.measure_floors(cfg, db, tmp_path)
-    assert list(floors) == list(config.STAGES) and all(s > 0 for s in floors.values())
+    assert list(floors.seconds) == list(config.STAGES) and min(floors.seconds.values()) > 0
     with contextlib.closing(store.connect(tmp_path / "floors.db")) as after:
         assert state(after).equals(before)  # every write undone
-    # The full refresh's floors: its four stages, on the whole archive, nothing left behind.
     full = harness.measure_full_floors(cfg, db, tmp_path)
-    assert list(full) == ["read", "parse", "transform", "write"] and min(full.values()) > 0
-    assert not (tmp_path / "floors-full.db").exists()
+    assert list(full.seconds) == ["read", "parse", "transform", "write"]
+    assert min(full.seconds.values()) > 0 and not (tmp_path / "floors-full.db").exists()
+    # Each floor did its stage's work: the bytes the run inflated, the records it
+    # parsed, the rows it wrote (a floor of less work would flatter the gap).
+    for floor, run in (
+        (floors, pipelines.run_optimized_benchmark),
+        (full, pipelines.run_baseline_benchmark),
+    ):
+        copy = tmp_path / f"{run.__name__}.db"
+        store.copy_db(db, copy)
+        record = run(copy, four_days, "client_1", 4)
+        done = {k: getattr(record, k) for k in ("bytes_inflated", "rows_processed", "rows_written")}
+        assert floor.work == done, run.__name__
     # A first day has no state to resume from: no floors.
     fresh_db(tmp_path / "empty.db").close()
-    assert harness.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) == {}
+    assert harness.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) is None
 
 
 def stream_feed(data_dir: Path, source: Path, cuts: list[int], mem_level: int, sync: bool) -> Path:

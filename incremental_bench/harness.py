@@ -47,7 +47,6 @@ from incremental_bench.parse import parse_block
 from incremental_bench.peers import PEERS, peer_parity
 from incremental_bench.pipelines import choose_access_point, incremental_step
 from incremental_bench.store import (
-    DAYS_WHERE,
     Checkpoint,
     Connection,
     connect,
@@ -60,6 +59,8 @@ from incremental_bench.store import (
     insert_statements,
     read_access_points,
     read_checkpoint,
+    run_statements,
+    stored_rows,
     transaction,
     write_access_points,
     write_checkpoint,
@@ -248,8 +249,7 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors 
         def write() -> None:
             with transaction(con):
                 delete_client(con, cfg.client, ("processed_sales_full_refresh",))
-                for sql, params in inserts:
-                    con.execute(sql, params)
+                run_statements(con, inserts)
 
         clear()
         seconds = {
@@ -324,16 +324,13 @@ def step_write_floor(
     """The incremental step's write done alone (median_time): delete the touched days,
     insert `merged` in prebuilt multi-row INSERTs, store the checkpoint and the access
     points, commit; the stored rows are put back after each try."""
-    before = con.execute(
-        f"SELECT * FROM processed_sales WHERE {DAYS_WHERE}", (client, json.dumps(touched))
-    ).fetchall()
+    before = stored_rows(con, client, touched)
     points = read_access_points(con, client)
 
     def write(inserts: list[tuple[str, list]]) -> None:
         with transaction(con):
             delete_days(con, client, touched)
-            for sql, params in inserts:
-                con.execute(sql, params)
+            run_statements(con, inserts)
             write_checkpoint(con, client, cp)
             write_access_points(con, client, points)
 

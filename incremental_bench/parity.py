@@ -1,7 +1,7 @@
 """Parity: the incremental state against the full refresh (docs/spec.md section 4).
 
-Owns reading both tables back and comparing them with the stated tolerance, and
-describing a difference. Knows nothing of how either table was made."""
+Owns comparing both tables, read back through the store, with the stated tolerance,
+and describing a difference. Knows nothing of how either table was made."""
 
 from __future__ import annotations
 
@@ -11,29 +11,8 @@ from typing import Any
 import polars as pl
 from polars.testing import assert_frame_equal
 
-from incremental_bench.config import KEY, SALES_SCHEMA
-
-
-def sales_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
-    """A client's rows of a sales table, sorted by key, with the table's dtypes."""
-    cursor = con.execute(
-        f"SELECT {', '.join(SALES_SCHEMA)} FROM {table} WHERE client_id = ? ORDER BY 1, 2, 3, 4, 5",
-        (client,),
-    )
-    return pl.DataFrame(cursor.fetchall(), schema=SALES_SCHEMA, orient="row", strict=False)
-
-
-def rejected_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
-    """A client's rejected rows (without the day, which differs by design), sorted."""
-    cursor = con.execute(
-        f"SELECT line_number, reason, raw_line FROM {table} WHERE client_id = ? ORDER BY 1",
-        (client,),
-    )
-    return pl.DataFrame(
-        cursor.fetchall(),
-        schema={"line_number": pl.Int64, "reason": pl.String, "raw_line": pl.String},
-        orient="row",
-    )
+from incremental_bench.config import KEY
+from incremental_bench.store import rejected_rows, sales_rows
 
 
 def check_parity(con: sqlite3.Connection, client: str) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import sqlite3
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,13 +30,14 @@ from incremental_bench.archive import (
 from incremental_bench.blocks import read_header, scan_archive
 from incremental_bench.clock import Stopwatch
 from incremental_bench.config import COLUMNS, FULL_REFRESH_TABLES, HEADER_BYTES, CorruptArchive
-from incremental_bench.parity import diff_summary, sales_rows
+from incremental_bench.parity import diff_summary
 from incremental_bench.pipelines import RunRecord, merge_days, run_record
 from incremental_bench.store import (
     connect,
     delete_client,
     read_checkpoint,
     rejected_frame,
+    sales_rows,
     transaction,
     write_frame,
     write_pandas,
@@ -287,9 +287,9 @@ def peer_parity(peer_db: Path, table: str, answer_db: Path, client: str) -> dict
     On failure: rows lost (orders the baseline counted that the peer did not) and keys
     differing, beside the usual diff.
     """
-    with contextlib.closing(sqlite3.connect(peer_db)) as peer:
+    with contextlib.closing(connect(peer_db)) as peer:
         got = sales_rows(peer, table, client)
-    with contextlib.closing(sqlite3.connect(answer_db)) as ans:
+    with contextlib.closing(connect(answer_db)) as ans:
         want = sales_rows(ans, "processed_sales_full_refresh", client)
     try:
         assert_frame_equal(got, want, check_exact=False, rel_tol=1e-9, abs_tol=0.0)

@@ -351,3 +351,38 @@ def copy_db(src: Path, dst: Path) -> None:
         except sqlite3.DatabaseError as exc:
             raise InputError(f"{src}: cannot read as an SQLite database ({exc})") from None
         d.execute("PRAGMA journal_mode=WAL")  # as the real database, set outside any timing
+
+
+def sales_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
+    """A client's rows of a sales table, sorted by key, with the table's dtypes."""
+    cursor = con.execute(
+        f"SELECT {', '.join(SALES_SCHEMA)} FROM {table} WHERE client_id = ? ORDER BY 1, 2, 3, 4, 5",
+        (client,),
+    )
+    return pl.DataFrame(cursor.fetchall(), schema=SALES_SCHEMA, orient="row", strict=False)
+
+
+def rejected_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
+    """A client's rejected rows (without the day, which differs by design), sorted."""
+    cursor = con.execute(
+        f"SELECT line_number, reason, raw_line FROM {table} WHERE client_id = ? ORDER BY 1",
+        (client,),
+    )
+    return pl.DataFrame(
+        cursor.fetchall(),
+        schema={"line_number": pl.Int64, "reason": pl.String, "raw_line": pl.String},
+        orient="row",
+    )
+
+
+def stored_rows(con: sqlite3.Connection, client: str, days: list[str]) -> list[tuple]:
+    """Every column of the client's processed_sales rows of `days`, as stored."""
+    return con.execute(
+        f"SELECT * FROM processed_sales WHERE {DAYS_WHERE}", (client, json.dumps(days))
+    ).fetchall()
+
+
+def run_statements(con: sqlite3.Connection, statements: list[tuple[str, list]]) -> None:
+    """Statements with their parameters, built beforehand (insert_statements), in order."""
+    for sql, params in statements:
+        con.execute(sql, params)

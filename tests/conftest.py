@@ -20,7 +20,7 @@ from oracle import expected  # noqa: E402
 
 import generate_data  # noqa: E402
 import main  # noqa: E402
-from incremental_bench import blocks, config, parity, parse, pipelines, store  # noqa: E402
+from incremental_bench import blocks, config, parse, pipelines, store  # noqa: E402
 
 TINY = ["--days", "3", "--base-rows", "3000", "--daily-rows", "300", "--seed", "7"]
 
@@ -143,7 +143,7 @@ def replay(feed: Path, db: Path, days: range | list[int]) -> store.Connection:
 
 def state(con: store.Connection) -> pl.DataFrame:
     """client_1's rows of processed_sales."""
-    return parity.sales_rows(con, "processed_sales", "client_1")
+    return store.sales_rows(con, "processed_sales", "client_1")
 
 
 @pytest.fixture(scope="session")

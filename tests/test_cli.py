@@ -102,7 +102,7 @@ def test_the_duckdb_peer_drops_every_unicode_whitespace_as_the_rules_say(space, 
         fresh_db(db).close()
         run(db, feed, "client_1", 1)
         with contextlib.closing(store.connect(db)) as con:
-            tables[name] = parity.sales_rows(con, "processed_sales_full_refresh", "client_1")
+            tables[name] = store.sales_rows(con, "processed_sales_full_refresh", "client_1")
     table, _, _ = oracle_for(feed, "client_1", 1)
     assert_table_matches(tables["baseline"], table)
     assert_table_matches(tables["duckdb"], table)
@@ -200,7 +200,7 @@ def test_database_holds_day_n_and_report_is_ascii(benchmark_run):
     con = sqlite3.connect(out / "db.sqlite")
     assert con.execute("SELECT last_day FROM ingest_checkpoint").fetchall() == [(3,)]
     table, _, _ = oracle_for(tiny_feed, "client_1", 3)
-    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(store.sales_rows(con, "processed_sales", "client_1"), table)
     report = (out / "results.md").read_text(encoding="utf-8")
     assert report.isascii(), [c for c in report if not c.isascii()][:5]
     for section in ("## Conditions", "## Parity", "## Top 5 SKU groups", "## California-local"):

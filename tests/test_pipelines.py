@@ -40,7 +40,7 @@ def test_day_without_final_newline_then_completed_keeps_parity(tmp_path):
     con = replay(feed, tmp_path / "db.sqlite", range(1, 3))
     table, counters, _ = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 0
-    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(store.sales_rows(con, "processed_sales", "client_1"), table)
     assert store.read_checkpoint(con, "client_1").lines_processed == 203
 
 
@@ -56,7 +56,7 @@ def test_extended_last_line_is_a_restatement_and_rebuilds(tmp_path):
     record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert "restatement detected in client_1 day 2" in record.note
     table, _, _ = oracle_for(feed, "client_1", 2)
-    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(store.sales_rows(con, "processed_sales", "client_1"), table)
 
 
 def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
@@ -76,7 +76,7 @@ def test_a_concurrent_writer_is_detected_and_nothing_is_counted_twice(
     with pytest.raises(config.ConflictError, match="another run moved the checkpoint"):
         pipelines.incremental_step(con, tiny_feed, "client_1", 2)
     table, _, _ = oracle_for(tiny_feed, "client_1", 2)
-    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(store.sales_rows(con, "processed_sales", "client_1"), table)
 
 
 # --- the incremental path: replay, parity, reruns -------------------------------------------------
@@ -94,7 +94,7 @@ def replayed(tiny_feed, tmp_path):
 
 def test_replaying_days_equals_the_oracle_of_the_last_archive(replayed, tiny_feed):
     table, _counters, _rejected = oracle_for(tiny_feed, "client_1", 3)
-    assert_table_matches(parity.sales_rows(replayed, "processed_sales", "client_1"), table)
+    assert_table_matches(store.sales_rows(replayed, "processed_sales", "client_1"), table)
     cp = store.read_checkpoint(replayed, "client_1")
     csv = read_csv_bytes(tiny_feed / "client_1/transactions_day_3.zip")
     assert cp.last_day == 3 and cp.bytes_processed == len(csv)
@@ -112,16 +112,16 @@ def test_replaying_days_equals_the_oracle_of_the_last_archive(replayed, tiny_fee
 
 
 def test_step_on_the_checkpoint_day_is_a_no_op_and_older_day_refused(replayed, tiny_feed):
-    before = parity.sales_rows(replayed, "processed_sales", "client_1")
+    before = store.sales_rows(replayed, "processed_sales", "client_1")
     record = pipelines.incremental_step(replayed, tiny_feed, "client_1", 3)
     assert record.note == "no-op" and record.rows_processed == 0
-    assert parity.sales_rows(replayed, "processed_sales", "client_1").equals(before)
+    assert store.sales_rows(replayed, "processed_sales", "client_1").equals(before)
     with pytest.raises(config.StaleDayError, match="already holds day 3"):
         pipelines.incremental_step(replayed, tiny_feed, "client_1", 2)
 
 
 def test_parity_check_catches_a_changed_value(replayed, tiny_feed):
-    table = parity.sales_rows(replayed, "processed_sales", "client_1")
+    table = store.sales_rows(replayed, "processed_sales", "client_1")
     with store.transaction(replayed):
         store.write_frame(replayed, "processed_sales_full_refresh", table)
     assert parity.check_parity(replayed, "client_1")["ok"]

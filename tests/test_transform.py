@@ -22,7 +22,6 @@ from incremental_bench import (
     blocks,
     clock,
     config,
-    parity,
     pipelines,
     store,
     transform,
@@ -212,7 +211,7 @@ def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
     pipelines.incremental_step(con, feed, "client_1", 1)
     record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert record.counters["rows_rejected"] == 1
-    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(store.sales_rows(con, "processed_sales", "client_1"), table)
     stored = con.execute("SELECT day, line_number, raw_line FROM rejected_rows").fetchall()
     assert stored == [(2, rejected[0][0], rejected[0][1])]
     # Day 2's counters cover its new rows; the oracle's cover the whole archive.
@@ -233,7 +232,7 @@ def test_small_blocks_add_up_to_the_same_answer_and_line_numbers(tmp_path, monke
     feed = write_feed(tmp_path / "data", days)
     table, counters, rejected = oracle_for(feed, "client_1", 3)
     con = replay(feed, tmp_path / "db.sqlite", range(1, 4))
-    assert_table_matches(parity.sales_rows(con, "processed_sales", "client_1"), table)
+    assert_table_matches(store.sales_rows(con, "processed_sales", "client_1"), table)
     assert con.execute("SELECT line_number FROM rejected_rows").fetchall() == [(rejected[0][0],)]
     scan = blocks.scan_archive(feed / "client_1/transactions_day_3.zip", 3)
     full = transform.process_blocks(

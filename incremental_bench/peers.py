@@ -29,18 +29,13 @@ from incremental_bench.archive import (
 )
 from incremental_bench.blocks import read_header, scan_archive
 from incremental_bench.clock import Stopwatch
-from incremental_bench.config import COLUMNS, FULL_REFRESH_TABLES, HEADER_BYTES, CorruptArchive
+from incremental_bench.config import COLUMNS, HEADER_BYTES, CorruptArchive
 from incremental_bench.parity import diff_summary
 from incremental_bench.pipelines import RunRecord, merge_days, run_record
 from incremental_bench.store import (
+    ClientState,
     connect,
-    delete_client,
-    read_checkpoint,
-    rejected_frame,
     sales_rows,
-    transaction,
-    write_frame,
-    write_pandas,
 )
 from incremental_bench.transform import (
     check_rejections,
@@ -153,9 +148,8 @@ def run_duckdb_full_refresh(db: Path, data_dir: Path, client: str, day: int) -> 
             table = duck.execute(DUCKDB_FULL_REFRESH, params).df()  # pandas, as to_sql wants
     finally:
         csv_path.unlink(missing_ok=True)
-    with clock.stage("write"), contextlib.closing(connect(db)) as con, transaction(con):
-        delete_client(con, client, FULL_REFRESH_TABLES)
-        write_pandas(con, "processed_sales_full_refresh", table)
+    with clock.stage("write"), contextlib.closing(connect(db)) as con:
+        ClientState(con, client).replace_full_refresh(table)
     return RunRecord(
         pipeline="duckdb",
         stages_s=clock.stages_s,
@@ -180,15 +174,16 @@ def run_by_date(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
     lookups = load_lookups(data_dir)
     path = archive_path(data_dir, client, day)
     with contextlib.closing(connect(db)) as con:
-        cp = read_checkpoint(con, client)
+        state = ClientState(con, client)
+        cp = state.checkpoint()
         since = cp.last_transaction_date if cp else None
         with clock.stage("read"):
             blocks = scan_archive(path, day)
         after = pl.col("transaction_date") > since if since else None
         first = blocks.header.lines + 1
         artifacts = process_blocks(blocks, first, client, lookups, clock, keep=after)
-        with clock.stage("write"), transaction(con):
-            written = merge_days(con, client, artifacts.aggregated, clock)
+        with clock.stage("write"), state.change():
+            written = merge_days(state, artifacts.aggregated, clock)
     return run_record("by_date", clock, artifacts, blocks, written)
 
 
@@ -244,10 +239,8 @@ def run_polars_in_memory(db: Path, data_dir: Path, client: str, day: int) -> Run
         del rows
         check_rejections(path, artifacts, "rows")
         table = finalize(artifacts.aggregated)
-    with clock.stage("write"), contextlib.closing(connect(db)) as con, transaction(con):
-        delete_client(con, client, FULL_REFRESH_TABLES)
-        write_frame(con, "processed_sales_full_refresh", table)
-        write_frame(con, "rejected_rows_full_refresh", rejected_frame(artifacts, client, day))
+    with clock.stage("write"), contextlib.closing(connect(db)) as con:
+        ClientState(con, client).replace_full_refresh(table, artifacts, day)
     with clock.stage("transform"):  # the day's summary, as every run's record has it
         top = top_five(artifacts.aggregated, artifacts.latest_date).to_dicts()
         split = local_split(artifacts.aggregated, artifacts.latest_date).to_dicts()

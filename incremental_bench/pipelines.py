@@ -7,7 +7,6 @@ nothing of timing, processes or the report."""
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -20,8 +19,6 @@ from incremental_bench.archive import Member, archive_path, inflate_all, locate_
 from incremental_bench.blocks import Header, LineBlocks, ReadPlan, member_header, scan_archive
 from incremental_bench.clock import Stopwatch, progress
 from incremental_bench.config import (
-    FULL_REFRESH_TABLES,
-    STATE_TABLES,
     ConflictError,
     CorruptArchive,
     Restated,
@@ -31,18 +28,9 @@ from incremental_bench.config import (
 from incremental_bench.deflate import AccessPoint, CompressedPrefix, TrackedInflate
 from incremental_bench.store import (
     Checkpoint,
+    ClientState,
     Connection,
     connect,
-    delete_client,
-    existing_days,
-    read_access_points,
-    read_checkpoint,
-    rejected_frame,
-    replace_days,
-    transaction,
-    write_access_points,
-    write_checkpoint,
-    write_frame,
 )
 from incremental_bench.transform import (
     Lookups,
@@ -125,10 +113,8 @@ def run_baseline_benchmark(db: Path, data_dir: Path, client: str, day: int) -> R
     with clock.stage("transform"):
         check_rejections(path, artifacts, "rows")
         table = finalize(artifacts.aggregated)
-    with clock.stage("write"), contextlib.closing(connect(db)) as con, transaction(con):
-        delete_client(con, client, FULL_REFRESH_TABLES)
-        write_frame(con, "processed_sales_full_refresh", table)
-        write_frame(con, "rejected_rows_full_refresh", rejected_frame(artifacts, client, day))
+    with clock.stage("write"), contextlib.closing(connect(db)) as con:
+        ClientState(con, client).replace_full_refresh(table, artifacts, day)
     return run_record("baseline", clock, artifacts, blocks, table.height)
 
 
@@ -163,7 +149,8 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     clock = Stopwatch()
     lookups = load_lookups(data_dir)
     path = archive_path(data_dir, client, day)
-    cp = read_checkpoint(con, client)
+    state = ClientState(con, client)
+    cp = state.checkpoint()
     if cp and day == cp.last_day:
         return nothing_new(cp)
     if cp and day < cp.last_day:
@@ -174,7 +161,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
     with clock.stage("read"):
         member = locate_member(path, day)
         header = member_header(member)
-    new = read_new_rows(con, member, header, cp, client, day, lookups, clock)
+    new = read_new_rows(state, member, header, cp, day, lookups, clock)
     artifacts = new.artifacts
     with clock.stage("transform"):
         check_rejections(path, artifacts, "new rows")
@@ -193,7 +180,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
         open_quote=new.blocks.open_quote,
     )
     with clock.stage("write"):
-        rows_written = merge_new_rows(con, client, cp, after, new, clock)
+        rows_written = merge_new_rows(state, cp, after, new, clock)
     return run_record(
         "incremental",
         clock,
@@ -208,8 +195,7 @@ def incremental_step(con: Connection, data_dir: Path, client: str, day: int) -> 
 
 
 def merge_new_rows(
-    con: Connection,
-    client: str,
+    state: ClientState,
     started_from: Checkpoint | None,
     after: Checkpoint,
     new: NewRows,
@@ -220,22 +206,21 @@ def merge_new_rows(
     Also stores the rejected rows, the next checkpoint and the next access points. A
     rebuilt client's rows are all replaced.
     """
-    with transaction(con):
-        if read_checkpoint(con, client) != started_from:
+    with state.change():
+        if state.checkpoint() != started_from:
             raise ConflictError(
-                f"{client}: another run moved the checkpoint while day {after.last_day} was"
-                " being processed; nothing written, run again"
+                f"{state.client}: another run moved the checkpoint while day {after.last_day}"
+                " was being processed; nothing written, run again"
             )
         if new.rebuilt or started_from is None:
-            delete_client(con, client, STATE_TABLES)
-        written = merge_days(con, client, new.artifacts.aggregated, clock)
-        write_frame(con, "rejected_rows", rejected_frame(new.artifacts, client, after.last_day))
-        write_checkpoint(con, client, after)
-        write_access_points(con, client, new.points)
+            state.clear()
+        written = merge_days(state, new.artifacts.aggregated, clock)
+        state.add_rejected(new.artifacts, after.last_day)
+        state.advance(after, new.points)
     return written
 
 
-def merge_days(con: Connection, client: str, aggregated: pl.DataFrame, clock: Stopwatch) -> int:
+def merge_days(state: ClientState, aggregated: pl.DataFrame, clock: Stopwatch) -> int:
     """Add new aggregates to the stored rows of the days they touch (inside the caller's
     transaction): additive columns summed, derived ones recomputed; rows written.
 
@@ -244,9 +229,9 @@ def merge_days(con: Connection, client: str, aggregated: pl.DataFrame, clock: St
     """
     touched = sorted({str(d) for d in aggregated["transaction_date"].unique()})
     with clock.stage("transform"):
-        merged = pl.concat([existing_days(con, client, touched), aggregated])
+        merged = pl.concat([state.stored_days(touched), aggregated])
         table = finalize(sum_additive(merged))
-    replace_days(con, client, touched, table)
+    state.replace_days(touched, table)
     return table.height
 
 
@@ -336,11 +321,10 @@ class NewRows:
 
 
 def read_new_rows(
-    con: sqlite3.Connection,
+    state: ClientState,
     member: Member,
     header: Header,
     cp: Checkpoint | None,
-    client: str,
     day: int,
     lookups: Lookups,
     clock: Stopwatch,
@@ -361,7 +345,7 @@ def read_new_rows(
         blocks = LineBlocks(member.path, chunks, plan, header)
         first_line = cp.lines_processed + 1 if cp and plan.skip else header.lines + 1
         try:
-            artifacts = process_blocks(blocks, first_line, client, lookups, clock)
+            artifacts = process_blocks(blocks, first_line, state.client, lookups, clock)
         finally:
             inflated += blocks.inflated
         points = chunks.access_points() if isinstance(chunks, TrackedInflate) else []
@@ -370,7 +354,7 @@ def read_new_rows(
     if cp is None:
         return attempt(ReadPlan(hashing=True), "read whole: first run")
     with clock.stage("verify"):  # hashing the compressed history to prove it unchanged
-        point, prefix, why = choose_access_point(member, cp, read_access_points(con, client))
+        point, prefix, why = choose_access_point(member, cp, state.access_points())
     try:
         if point is not None:
             try:
@@ -385,7 +369,8 @@ def read_new_rows(
         return attempt(verified_plan(cp, None, hashing=True), f"read whole: {why}")
     except Restated as exc:
         notes.append(
-            f"restatement detected in {client} day {day} ({exc}): rebuilt from the full archive"
+            f"restatement detected in {state.client} day {day} ({exc}):"
+            " rebuilt from the full archive"
         )
     # History restated: every row of the archive, from the start.
     return attempt(ReadPlan(hashing=True), "rebuilt: history restated")
@@ -404,7 +389,7 @@ def populate_historical_data(
     clock = Stopwatch()
     notes = []
     with clock.stage("warm-up"), contextlib.closing(connect(db)) as con:
-        first, how = starting_day(con, data_dir, client, target)
+        first, how = starting_day(ClientState(con, client), data_dir, target)
         for d in progress(range(first, target + 1), f"{client}: replaying days"):
             record = incremental_step(con, data_dir, client, d)
             if record.note:
@@ -420,33 +405,31 @@ def populate_historical_data(
     }
 
 
-def starting_day(con: Connection, data_dir: Path, client: str, target: int) -> tuple[int, str]:
+def starting_day(state: ClientState, data_dir: Path, target: int) -> tuple[int, str]:
     """The first day to replay to reach `target`, and how the stored state was used.
 
     Clears the client's state when it cannot be used.
     """
-    cp = read_checkpoint(con, client)
-    if cp and cp.last_day == target and state_matches_archive(con, cp, data_dir, client):
+    cp = state.checkpoint()
+    if cp and cp.last_day == target and state_matches_archive(state, cp, data_dir):
         return target + 1, f"reused the stored state of day {target} (fingerprint verified)"
     if cp and cp.last_day < target:
         return cp.last_day + 1, f"carried the stored state forward from day {cp.last_day}"
-    with transaction(con):
-        delete_client(con, client, STATE_TABLES)
+    with state.change():
+        state.clear()
     how = f"replayed days 1..{target}" if target else "nothing to replay: day 1 starts empty"
     if cp:
         how += f" (stored state was day {cp.last_day}, not {target})"
     return 1, how
 
 
-def state_matches_archive(
-    con: sqlite3.Connection, cp: Checkpoint, data_dir: Path, client: str
-) -> bool:
+def state_matches_archive(state: ClientState, cp: Checkpoint, data_dir: Path) -> bool:
     """True when the checkpoint describes its day's whole archive, byte for byte.
 
     Through an access point when one still fits (hash the compressed prefix, inflate
     the short tail); else by inflating the archive and checking the fingerprint.
     """
-    path = archive_path(data_dir, client, cp.last_day)
+    path = archive_path(data_dir, state.client, cp.last_day)
     member = locate_member(path, cp.last_day)
     if member.size != cp.bytes_processed:
         return False
@@ -460,7 +443,7 @@ def state_matches_archive(
             return False
         return True
 
-    point, prefix, _ = choose_access_point(member, cp, read_access_points(con, client))
+    point, prefix, _ = choose_access_point(member, cp, state.access_points())
     if point is not None:
         with contextlib.suppress(CorruptArchive):  # then check the fingerprint instead
             return matches(TrackedInflate(member, point, prefix), point)

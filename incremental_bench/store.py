@@ -22,9 +22,11 @@ import polars as pl
 
 from incremental_bench.config import (
     CLUSTERED_TABLES,
+    FULL_REFRESH_TABLES,
     INSERT_ROWS,
     KEY,
     SALES_SCHEMA,
+    STATE_TABLES,
     TABLES,
     InputError,
 )
@@ -386,3 +388,66 @@ def run_statements(con: sqlite3.Connection, statements: list[tuple[str, list]]) 
     """Statements with their parameters, built beforehand (insert_statements), in order."""
     for sql, params in statements:
         con.execute(sql, params)
+
+
+class ClientState:
+    """One client's state in the project's database, as the pipelines and peers see it.
+
+    The store's narrow interface: what a pipeline reads of the database or changes in
+    it goes through these methods, so that another database is another implementation
+    of them. Changes happen inside `change()`, one transaction that commits whole or
+    not at all.
+    """
+
+    def __init__(self, con: Connection, client: str) -> None:
+        self.con, self.client = con, client
+
+    def checkpoint(self) -> Checkpoint | None:
+        """Where the client's incremental state stands (None: nothing processed)."""
+        return read_checkpoint(self.con, self.client)
+
+    def access_points(self) -> list[AccessPoint]:
+        """Where the next run may resume inflating the client's archive."""
+        return read_access_points(self.con, self.client)
+
+    @contextlib.contextmanager
+    def change(self) -> Iterator[None]:
+        """One transaction for every change made inside it."""
+        with transaction(self.con):
+            yield
+
+    def clear(self) -> None:
+        """Forget the client's incremental state: its rows, rejected rows, checkpoint."""
+        delete_client(self.con, self.client, STATE_TABLES)
+
+    def stored_days(self, days: list[str]) -> pl.DataFrame:
+        """The additive columns of the stored rows of `days`, in integer cents."""
+        return existing_days(self.con, self.client, days)
+
+    def replace_days(self, days: list[str], table: pl.DataFrame) -> None:
+        """The client's rows of `days` replaced by `table`."""
+        replace_days(self.con, self.client, days, table)
+
+    def add_rejected(self, artifacts: PipelineArtifacts, day: int) -> None:
+        """The rows a run of `day` rejected, kept with their reasons."""
+        write_frame(self.con, "rejected_rows", rejected_frame(artifacts, self.client, day))
+
+    def advance(self, cp: Checkpoint, points: list[AccessPoint]) -> None:
+        """The next checkpoint and the access points found on the way to it."""
+        write_checkpoint(self.con, self.client, cp)
+        write_access_points(self.con, self.client, points)
+
+    def replace_full_refresh(
+        self, table: Any, artifacts: PipelineArtifacts | None = None, day: int = 0
+    ) -> None:
+        """A full refresh's answer in place of the last one, in one transaction: `table`
+        (Polars, or pandas from a peer that makes it so) and the rows it rejected."""
+        with self.change():
+            delete_client(self.con, self.client, FULL_REFRESH_TABLES)
+            if isinstance(table, pl.DataFrame):
+                write_frame(self.con, "processed_sales_full_refresh", table)
+            else:
+                write_pandas(self.con, "processed_sales_full_refresh", table)
+            if artifacts is not None:
+                rejected = rejected_frame(artifacts, self.client, day)
+                write_frame(self.con, "rejected_rows_full_refresh", rejected)

@@ -74,6 +74,22 @@ def test_the_report_imports_no_engine_no_database_and_no_clock():
         assert graph()[module] <= {"config"}
 
 
+def test_the_pipelines_reach_the_database_through_the_store_interface_alone():
+    # A second database is then a second implementation of ClientState, not a change
+    # to every pipeline.
+    narrow = {"ClientState", "Checkpoint", "Connection", "connect", "sales_rows"}
+    for module in ("pipelines", "peers"):
+        tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+        taken = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "incremental_bench.store"
+            for alias in node.names
+        }
+        assert taken <= narrow, (module, taken - narrow)
+        assert "sqlite3" not in imports(PACKAGE / f"{module}.py")
+
+
 def test_main_tells_the_story_in_the_words_of_the_first_plan():
     tree = ast.parse((ROOT / "main.py").read_text())
     named = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}

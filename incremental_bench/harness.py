@@ -10,6 +10,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -264,6 +265,15 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors 
     return Floors(seconds, work)
 
 
+def new_text(text: bytes, processed: int) -> bytes:
+    """The text past the first `processed` bytes, as the step parses it: when those
+    ended inside their last line, the line end that completes it is not new text."""
+    if processed and text[processed - 1 : processed] != b"\n":
+        ending = re.match(rb"\r?\n", text[processed : processed + 2])
+        return text[processed + (ending.end() if ending else 0) :]
+    return text[processed:]
+
+
 def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | None:
     """What each stage of day N's incremental step costs at least here, done alone.
 
@@ -292,7 +302,7 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | Non
         tail = b"".join(compressed_pieces(member, point.compressed_offset))
         last_byte = history[-1] if point.bits else 0
         inflated = b"".join(inflate_tail(point, last_byte, tail))
-        text = inflated[cp.bytes_processed - point.offset :]
+        text = new_text(inflated, cp.bytes_processed - point.offset)
         names = {f"column_{i}": pl.String for i in range(len(header.columns))}
         rows = parse_block(text, cp.lines_processed + 1, header)[0]
         new = process_transactions(rows, cfg.client, lookups)

@@ -141,6 +141,33 @@ def test_floors_do_the_work_of_their_stages_and_leave_the_state_as_it_was(four_d
     assert harness.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) is None
 
 
+def test_floors_of_a_feed_whose_records_end_without_a_line_end(four_days, tmp_path):
+    # Each day's CSV ends right after its last field; the next day continues with the
+    # line end and the new rows. The floors read the new text as the step does: the
+    # line end that completes yesterday's last record is not a new (empty) record.
+    feed = tmp_path / "data"
+    shutil.copytree(four_days, feed)
+    for day in range(1, 5):
+        path = archive_file(feed, day)
+        text = read_csv_bytes(path).rstrip(b"\n")
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(path.stem + ".csv", text)
+    db = tmp_path / "state.db"
+    con = fresh_db(db)
+    for day in (1, 2, 3):
+        pipelines.incremental_step(con, feed, "client_1", day)
+    con.close()
+    floors = harness.measure_floors(config.BenchConfig(data_dir=feed, db=db, day=4), db, tmp_path)
+    store.copy_db(db, tmp_path / "run.db")
+    record = pipelines.run_optimized_benchmark(tmp_path / "run.db", feed, "client_1", 4)
+    assert record.read_mode.startswith("resumed") and record.counters["rows_rejected"] == 0
+    assert floors.work == {
+        "bytes_inflated": record.bytes_inflated,
+        "rows_processed": record.rows_processed,
+        "rows_written": record.rows_written,
+    }
+
+
 def stream_feed(data_dir: Path, source: Path, cuts: list[int], mem_level: int, sync: bool) -> Path:
     """Cumulative archives from one running compressor, as the generator writes them.
 

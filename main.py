@@ -123,13 +123,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from(parse_args(argv))
     try:
         results = run_benchmark(cfg, say=lambda line: print(line, flush=True))
+        generate_report(cfg, results)
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
     except (BusyError, ConflictError, WorkerError) as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 1
-    generate_report(cfg, results)
+    except KeyboardInterrupt:
+        # Workers die with the driver, the scratch folder goes on the way out, the
+        # database changes in one transaction and each output file by one rename.
+        print("main.py: interrupted; nothing half-written left behind", file=sys.stderr)
+        return 130
     print(summary(cfg, results))
     if not results["parity"]["ok"]:
         print(parity_failure(cfg, results["parity"]), file=sys.stderr)

@@ -33,6 +33,9 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"{cond['client']}: one day's step, days 2 to {cond['day']}")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, not left

@@ -57,10 +57,21 @@ def check_inputs(cfg: BenchConfig, say: Say) -> None:
         raise InputError(f"{folder}: no such client folder (found: {', '.join(found) or 'none'})")
     last, extras = check_archives(cfg.data_dir, cfg.client, cfg.day)
     for option, path in (("--db", cfg.db), ("--report", cfg.report), ("--json", cfg.json_path)):
-        if path is not None and not path.resolve().parent.is_dir():
-            raise InputError(f"{path}: the folder for {option} does not exist")
+        if path is not None:
+            check_output_path(option, path)
     if extras:
         say(f"{last}: extra column(s) ignored: {', '.join(extras)}")
+
+
+def check_output_path(option: str, path: Path) -> None:
+    """One clear error, before any work, for a path the run could not write."""
+    folder = path.resolve().parent
+    if path.is_dir():
+        raise InputError(f"{path}: {option} names a folder; give a file in it")
+    if not folder.is_dir():
+        raise InputError(f"{path}: the folder for {option} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{path}: {option} is not writable here (permission denied)")
 
 
 @contextlib.contextmanager
@@ -153,8 +164,11 @@ def save_day_n(cfg: BenchConfig, final: Path, parity: dict[str, Any], say: Say) 
 def write_text_atomically(path: Path, text: str) -> None:
     """Write a file under a temporary name and rename it into place."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, not left
 
 
 def positive_int(text: str) -> int:

@@ -8,6 +8,8 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -330,6 +332,54 @@ def test_report_in_a_missing_folder_exits_2_before_any_work(tiny_feed, tmp_path,
     code = main.main([*args, "--report", str(tmp_path / "no" / "results.md")])
     assert code == 2 and "the folder for --report does not exist" in capsys.readouterr().err
     assert not (tmp_path / "db").exists()
+
+
+def test_every_output_path_is_checked_before_any_work(tiny_feed, tmp_path, capsys):
+    # A folder where a file is expected, a missing parent, a folder we may not write:
+    # one line naming the path and the problem, exit 2, nothing created.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = {
+        "a folder": (tmp_path, "names a folder"),
+        "a missing parent": (tmp_path / "no" / "x", "does not exist"),
+    }
+    if os.geteuid() != 0:  # root writes anywhere: the permission check cannot fire
+        cases["no permission"] = (locked / "x", "not writable")
+    args = ["--data-dir", str(tiny_feed), "--day", "2", "--db", str(tmp_path / "db")]
+    for option in ("--db", "--report", "--json"):
+        for path, says in cases.values():
+            code = main.main([*args, option, str(path)])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and len(err) == 1, (option, path, err)
+            assert str(path) in err[0] and option in err[0] and says in err[0]
+    assert not (tmp_path / "db").exists()
+
+
+def test_ctrl_c_ends_the_run_in_one_line_with_exit_130(medium_feed, tmp_path):
+    # As a terminal sends it: SIGINT to the whole process group, driver and workers.
+    db = tmp_path / "db.sqlite"
+    fresh_db(db).close()
+    before = db.read_bytes()
+    args = ["--data-dir", str(medium_feed), "--db", str(db), "--no-sweep", "--day", "4"]
+    driver = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *args, "--repeat", "50"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while not workers_of(driver.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGINT)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
+        "main.py: interrupted"
+    )
+    assert db.read_bytes() == before and not list(tmp_path.glob(".bench-*"))
 
 
 def test_missing_data_folder_exits_2(tmp_path, capsys):

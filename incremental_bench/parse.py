@@ -38,8 +38,9 @@ def parse_block(
     shape does not add up, or that holds a rejected record whose raw text the fields
     cannot give back, is cut into pieces of about SUB_BLOCK_BYTES, and the pieces that
     still fail are read record by record, so a bad record is rejected alone.
-    `check_values=False` leaves the last check to the caller (block_artifacts), which
-    learns of rejected values from the transformation anyway.
+    `check_values=False` leaves that last check to the caller (block_artifacts), which
+    learns of rejected values from the transformation and takes their raw text from the
+    block itself (record_texts).
     """
     newlines = count_byte(block, LF)  # counted once: the lines spanned, and fast_parse's check
     lines = newlines + (1 if block and not block.endswith(b"\n") else 0)
@@ -47,10 +48,27 @@ def parse_block(
     if rows is None:
         parts = []
         for piece, line in pieces(block, first_line):
-            part = fast_parse(piece, line, header)
+            part = fast_parse(piece, line, header, check_values=check_values)
             parts.append(part if part is not None else parse_records(piece, line, header))
         rows = pl.concat(parts) if parts else empty_rows()
     return rows, lines
+
+
+def record_texts(block: bytes, first_line: int, starts: pl.Series, wanted: pl.Series) -> pl.Series:
+    """The raw text of the records of `block` that start on the lines `wanted` (the
+    record's bytes without its line end, as rejected_rows keeps them). `starts`: the
+    first line of every record of the block, in order; a record runs to the next."""
+    ends = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == LF)
+    line_starts = np.concatenate([[0], ends + 1])  # byte where each line of the block starts
+    following = starts.to_numpy()
+    texts = []
+    for line in wanted.to_list():
+        after = following[np.searchsorted(following, line, side="right") :]
+        start = int(line_starts[line - first_line])
+        stop = int(line_starts[after[0] - first_line]) if len(after) else len(block)
+        record = block[start:stop].removesuffix(b"\n").removesuffix(b"\r")
+        texts.append(record.decode("utf-8", "replace"))
+    return pl.Series("raw_line", texts, dtype=pl.String)
 
 
 def empty_rows() -> pl.DataFrame:

@@ -32,6 +32,7 @@ from incremental_bench.parse import (
     empty_rows,
     parse_block,
     raw_from_fields,
+    record_texts,
     typed_columns,
     value_reason,
 )
@@ -302,24 +303,33 @@ def block_artifacts(
 
     The values are judged by the transformation, not again by the parse; where a
     record is rejected for them and its raw text cannot be rebuilt from its fields
-    (raw_from_fields), the block is parsed again exactly, its raw text kept for
-    rejected_rows.
+    (raw_from_fields), that text is taken from the block, from the record's first line
+    to the next record's.
     """
     block = handed.pop()
     exact = raw_from_fields(block, header)
-    for check_values in (False, True):
+    with clock.stage("parse"):
+        rows, lines = parse_block(block, first_line, header, check_values=False)
+        starts = rows["line_number"]
+        if exact:
+            block = b""  # the text is in `rows` now
+        if keep is not None:
+            rows = rows.filter(keep)
+    with clock.stage("transform"):
+        part = process_transactions(rows, *task)
+    del rows
+    by_value = part.rejected["reason"].is_in(list(VALUE_REASONS.values()))
+    if not exact and by_value.any():
         with clock.stage("parse"):
-            rows, lines = parse_block(block, first_line, header, check_values)
-            if exact:
-                block = b""  # the text is in `rows` now, and no second parse needs it
-            if keep is not None:
-                rows = rows.filter(keep)
-        with clock.stage("transform"):
-            part = process_transactions(rows, *task)
-        del rows
-        values = part.rejected["reason"].is_in(list(VALUE_REASONS.values()))
-        if exact or check_values or not values.any():
-            break
+            wanted = part.rejected.filter(by_value)["line_number"]
+            texts = pl.DataFrame(
+                {"line_number": wanted, "text": record_texts(block, first_line, starts, wanted)}
+            )
+            part.rejected = (
+                part.rejected.join(texts, on="line_number", how="left", maintain_order="left")
+                .with_columns(raw_line=pl.coalesce("text", "raw_line"))
+                .drop("text")
+            )
     part.lines_read = lines
     return part
 

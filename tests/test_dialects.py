@@ -156,7 +156,8 @@ def test_broken_quoting_is_rejected_record_by_record(tmp_path):
 @pytest.mark.parametrize("form", ["quoted", "reordered"])
 def test_a_value_rejected_record_keeps_its_exact_raw_text(form, tmp_path):
     # The raw text of a quoted or reordered record cannot be rebuilt from its fields:
-    # a record rejected for its values sends its block back to the exact reader.
+    # a record rejected for its values has it taken from the block, from its first line
+    # to the next record's (quoted fields may hold line ends, before it and inside it).
     def written(line: str) -> str:
         fields = line.split(",")
         if form == "reordered":
@@ -167,8 +168,12 @@ def test_a_value_rejected_record_keeps_its_exact_raw_text(form, tmp_path):
         "151,2025-13-01,SKU-1,2,3.50,2025-12-01,94107",  # no such month
         "152,2025-10-01,SKU-1,two,3.50,2025-12-01,94107",
     ]
+    good = good_rows(1, 150) + good_rows(153, 2000)
+    if form == "quoted":  # line ends inside quoted fields, before a bad record and in one
+        good[100] = good[100].replace(",9410", ",94\n10")
+        bad.append("2153,2025-10-01,SKU-1,x,3.50,2025-12-01,94\n107")
     head = ",".join(HEADER.split(",")[::-1]) if form == "reordered" else written(HEADER)
-    lines = [head, *map(written, good_rows(1, 150) + bad + good_rows(153, 2000))]
+    lines = [head, *map(written, good[:150] + bad[:2] + good[150:] + bad[2:])]
     feed = write_days(tmp_path / "data", ["\r\n".join(lines).encode() + b"\r\n"])
     con = replay(feed, tmp_path / "db.sqlite", [1])
     table, _, oracle_rejected = oracle_for(feed, "client_1", 1)

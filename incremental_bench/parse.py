@@ -267,6 +267,8 @@ def record_fields(record: bytes, text: str, width: int) -> tuple[list[str] | Non
     """A record's fields, or why it has none that can be used (its rejection reason)."""
     if not text:
         return None, "empty line"
+    if not text.strip():
+        return None, "blank line: whitespace only"
     if quote_toggles(record, 0, len(record)) % 2:
         return None, "broken quoting: a quoted field is never closed"
     try:

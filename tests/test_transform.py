@@ -153,6 +153,7 @@ def test_dates_far_from_today_keep_their_key():
         ("1,2025-10-01,SKU-1,2,10.50,2025-11-01", "column count"),
         ("1,2025-10-01,SKU-1,2,10.50,2025-11-01,94107,extra", "column count"),
         ("", "empty line"),
+        ("  \t ", "blank line: whitespace only"),
     ],
 )
 def test_unparseable_row_is_rejected_alone_with_its_line(bad, reason):

@@ -184,6 +184,26 @@ def test_a_value_rejected_record_keeps_its_exact_raw_text(form, tmp_path):
     assert full.rejected["raw_line"].to_list() == [written(b) for b in bad]
 
 
+def test_csv_ends_a_day_of_a_line_end_alone_and_trailing_blank_lines(tmp_path):
+    # Day 1 ends right after its last field; day 2 adds only the line end (nothing
+    # new); day 3 adds rows and ends with a blank line; day 4 adds rows after it.
+    head = HEADER + "\n"
+    day1 = head + "\n".join(good_rows(1, 300))
+    day2 = day1 + "\n"
+    day3 = day2 + "\n".join(good_rows(301, 100)) + "\n\n"
+    day4 = day3 + "\n".join(good_rows(401, 100)) + "\r\n"
+    feed = write_days(tmp_path / "data", [d.encode() for d in (day1, day2, day3, day4)])
+    con = fresh_db(tmp_path / "db.sqlite")
+    records = []
+    for day in (1, 2, 3, 4):
+        records.append(pipelines.incremental_step(con, feed, "client_1", day))
+        table, _, oracle_rejected = oracle_for(feed, "client_1", day)
+        assert_table_matches(state(con), table)
+        assert [(n, raw) for n, _, raw in rejected(con)] == oracle_rejected
+    assert [r.rows_processed for r in records] == [300, 0, 101, 100]  # the blank line: a record
+    assert [reason for _, reason, _ in rejected(con)] == ["empty line"]
+
+
 def test_a_quote_left_open_in_a_plain_feed_stops_the_run_in_one_line(tmp_path):
     # With no later quote to close it, the record runs to the end of the file: far over
     # the 1% of rejected rows, so the step stops and changes nothing.

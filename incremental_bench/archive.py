@@ -37,17 +37,54 @@ class Member:
     method: int  # zipfile.ZIP_DEFLATED, ZIP_STORED, ...
 
 
+# Compression methods zipfile reads (by their zip method number), and the names of some
+# it does not, for the error.
+READABLE_METHODS = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "LZMA",
+}
+UNREADABLE_METHODS = {9: "Deflate64", 10: "PKWARE implode", 93: "Zstandard", 95: "XZ", 98: "PPMd"}
+
+
+def csv_member(path: Path, day: int, names: list[str]) -> str:
+    """The day's CSV among an archive's members: `transactions_day_N.csv` where it is
+    there; else the one `.csv` member that is not a folder's or macOS's metadata
+    (`__MACOSX/`, `._` files). None or several: one line naming the archive and them."""
+    name = f"transactions_day_{day}.csv"
+    if name in names:
+        return name
+    candidates = [
+        n
+        for n in names
+        if n.lower().endswith(".csv")
+        and not n.startswith("__MACOSX/")
+        and not n.rsplit("/", 1)[-1].startswith("._")
+    ]
+    if len(candidates) == 1:
+        return candidates[0]
+    found = "none" if not candidates else f"{len(candidates)}: {', '.join(candidates)}"
+    raise InputError(
+        f"{path}: no single CSV member for day {day} (.csv members found: {found};"
+        f" archive holds: {', '.join(names) or 'nothing'})"
+    )
+
+
 def locate_member(path: Path, day: int) -> Member:
     """Find the CSV member of a day archive, turning every failure into one clear line."""
-    name = f"transactions_day_{day}.csv"
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            if name not in names:
-                raise InputError(f"{path}: no member {name} (archive holds: {', '.join(names)})")
+            name = csv_member(path, day, zf.namelist())
             info = zf.getinfo(name)
             if info.flag_bits & 0x1:
                 raise InputError(f"{path}: cannot open {name} (it is encrypted)")
+            if info.compress_type not in READABLE_METHODS:
+                method = UNREADABLE_METHODS.get(info.compress_type, f"method {info.compress_type}")
+                raise InputError(
+                    f"{path}: {name} is compressed with {method}, which cannot be read here"
+                    " (stored, deflate, bzip2 and LZMA can)"
+                )
             with path.open("rb") as f:
                 f.seek(info.header_offset)
                 local = f.read(30)

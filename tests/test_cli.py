@@ -251,7 +251,26 @@ def test_help_exits_0_and_names_the_options(capsys):
 def break_member_name(path: Path) -> None:
     data = read_csv_bytes(path)
     with zipfile.ZipFile(path, "w") as zf:
-        zf.writestr("other.csv", data)
+        zf.writestr("readme.txt", data)
+
+
+def two_csv_members(path: Path) -> None:
+    data = read_csv_bytes(path)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.csv", data)
+        zf.writestr("b.csv", data)
+
+
+def deflate64_member(path: Path) -> None:
+    """A member whose headers say Deflate64 (method 9), which zipfile cannot read."""
+    data = read_csv_bytes(path)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr(path.stem + ".csv", data)
+    raw = bytearray(path.read_bytes())
+    raw[8:10] = (9).to_bytes(2, "little")  # the local header's method
+    central = raw.rindex(b"PK\x01\x02")
+    raw[central + 10 : central + 12] = (9).to_bytes(2, "little")
+    path.write_bytes(bytes(raw))
 
 
 def break_header(path: Path) -> None:
@@ -284,7 +303,15 @@ def corrupt_bytes(path: Path) -> None:
         ),
         (
             lambda d: break_member_name(d / "client_1/transactions_day_2.zip"),
-            "no member transactions_day_2.csv",
+            "no single CSV member for day 2 (.csv members found: none; archive holds: readme.txt)",
+        ),
+        (
+            lambda d: two_csv_members(d / "client_1/transactions_day_2.zip"),
+            "no single CSV member for day 2 (.csv members found: 2: a.csv, b.csv",
+        ),
+        (
+            lambda d: deflate64_member(d / "client_1/transactions_day_2.zip"),
+            "transactions_day_2.csv is compressed with Deflate64, which cannot be read here",
         ),
         (
             lambda d: break_header(d / "client_1/transactions_day_2.zip"),

@@ -204,6 +204,25 @@ def test_csv_ends_a_day_of_a_line_end_alone_and_trailing_blank_lines(tmp_path):
     assert [reason for _, reason, _ in rejected(con)] == ["empty line"]
 
 
+def test_the_csv_member_is_found_beside_folders_metadata_and_a_readme(tmp_path):
+    # As file managers and exporters zip a day: a folder entry, macOS's metadata, a
+    # readme, and the CSV under another name than the day's.
+    rows = good_rows(1, 500)
+    texts = [(HEADER + "\n" + "\n".join(rows[:n]) + "\n").encode() for n in (300, 500)]
+    plain = write_days(tmp_path / "plain", texts)  # the oracle's: one member, named by day
+    feed = write_days(tmp_path / "data", texts)
+    for day in (1, 2):
+        path = archive.archive_path(feed, "client_1", day)
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr("export/", b"")
+            zf.writestr("__MACOSX/export/._sales.csv", b"\x00\x05\x16\x07")
+            zf.writestr("export/README.txt", b"daily export")
+            zf.writestr("export/sales.csv", texts[day - 1])
+    con = replay(feed, tmp_path / "db.sqlite", [1, 2])
+    table, _, _ = oracle_for(plain, "client_1", 2)
+    assert_table_matches(state(con), table)
+
+
 def test_a_quote_left_open_in_a_plain_feed_stops_the_run_in_one_line(tmp_path):
     # With no later quote to close it, the record runs to the end of the file: far over
     # the 1% of rejected rows, so the step stops and changes nothing.

@@ -10,7 +10,6 @@ import collections
 import contextlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import polars as pl
 from isal import isal_zlib
 
 from incremental_bench.archive import archive_path, compressed_pieces, inflate_all, locate_member
-from incremental_bench.blocks import member_header, read_header
+from incremental_bench.blocks import ReadPlan, member_header, read_header, verify_resume
 from incremental_bench.clock import Stopwatch, progress
 from incremental_bench.config import (
     FLOOR_TRIES,
@@ -265,15 +264,6 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors 
     return Floors(seconds, work)
 
 
-def new_text(text: bytes, processed: int) -> bytes:
-    """The text past the first `processed` bytes, as the step parses it: when those
-    ended inside their last line, the line end that completes it is not new text."""
-    if processed and text[processed - 1 : processed] != b"\n":
-        ending = re.match(rb"\r?\n", text[processed : processed + 2])
-        return text[processed + (ending.end() if ending else 0) :]
-    return text[processed:]
-
-
 def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | None:
     """What each stage of day N's incremental step costs at least here, done alone.
 
@@ -302,7 +292,11 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | Non
         tail = b"".join(compressed_pieces(member, point.compressed_offset))
         last_byte = history[-1] if point.bits else 0
         inflated = b"".join(inflate_tail(point, last_byte, tail))
-        text = new_text(inflated, cp.bytes_processed - point.offset)
+        done = cp.bytes_processed - point.offset
+        # As the step reads it: a line end completing the last line processed is not new.
+        plan = ReadPlan(open_quote=bool(cp.open_quote))
+        ends_line = not done or inflated[done - 1 : done] == b"\n"
+        text = verify_resume(member.path, None, plan, ends_line, inflated[done:])
         names = {f"column_{i}": pl.String for i in range(len(header.columns))}
         rows = parse_block(text, cp.lines_processed + 1, header)[0]
         new = process_transactions(rows, cfg.client, lookups)

@@ -137,7 +137,7 @@ def fast_parse(
     # A rejected row's raw text is rebuilt from its fields (raw_from_fields).
     if (
         check_values
-        and (quoted or header.columns != tuple(COLUMNS))
+        and not raw_from_fields(data, header)
         and rows.select(value_reason(typed_columns(rows)).is_not_null().any()).item()
     ):
         return None

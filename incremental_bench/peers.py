@@ -8,28 +8,24 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from isal import isal_zlib
 from polars.testing import assert_frame_equal
 
 from incremental_bench.archive import (
     Member,
     archive_path,
-    check_integrity,
-    compressed_pieces,
     inflate_all,
     locate_member,
-    open_member,
+    read_member_whole,
 )
 from incremental_bench.blocks import read_header, scan_archive
 from incremental_bench.clock import Stopwatch
-from incremental_bench.config import COLUMNS, HEADER_BYTES, CorruptArchive
+from incremental_bench.config import COLUMNS, HEADER_BYTES
 from incremental_bench.parity import diff_summary
 from incremental_bench.pipelines import RunRecord, merge_days, run_record
 from incremental_bench.store import (
@@ -185,19 +181,6 @@ def run_by_date(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
         with clock.stage("write"), state.change():
             written = merge_days(state, artifacts.aggregated, clock)
     return run_record("by_date", clock, artifacts, blocks, written)
-
-
-def read_member_whole(member: Member) -> bytes:
-    """The member's whole CSV in one call: ISA-L over the compressed bytes read at once."""
-    if member.method != zipfile.ZIP_DEFLATED:
-        with open_member(member) as stream:
-            return stream.read()
-    try:
-        text = isal_zlib.decompress(b"".join(compressed_pieces(member)), -15)
-    except isal_zlib.error as exc:
-        raise CorruptArchive(f"{member.path}: corrupt archive, cannot inflate ({exc})") from None
-    check_integrity(member, len(text), isal_zlib.crc32(text))
-    return text
 
 
 def run_polars_in_memory(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:

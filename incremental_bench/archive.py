@@ -45,6 +45,8 @@ READABLE_METHODS = {
     zipfile.ZIP_BZIP2: "bzip2",
     zipfile.ZIP_LZMA: "LZMA",
 }
+# The methods whose members resume inside (the rest are read whole every day).
+RESUMABLE_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
 UNREADABLE_METHODS = {9: "Deflate64", 10: "PKWARE implode", 93: "Zstandard", 95: "XZ", 98: "PPMd"}
 
 

@@ -1,8 +1,8 @@
-"""Resumable deflate: zlib through ctypes, and the access points that resume it.
+"""Resumable members: deflate through zlib's ctypes interface, stored members by a seek.
 
 Owns inflating a deflate stream block by block, the windows and bit offsets kept at
-block boundaries, and proving the compressed history unchanged. Knows nothing of CSV
-or SQL."""
+block boundaries, reading a stored member from any byte, and proving the compressed
+history unchanged. Knows nothing of CSV or SQL."""
 
 from __future__ import annotations
 
@@ -371,3 +371,49 @@ def anchored_digest(point: AccessPoint, pieces: tuple[tuple[Any, int, bytes], ..
     if point.bits:  # only the low 8 - bits bits of the last byte precede the boundary
         state.update(bytes([piece[whole - at] & (0xFF >> point.bits)]))
     return state.hexdigest()
+
+
+class TrackedStored:
+    """A stored member read from its start or from an access point: its text is its bytes.
+
+    The same interface as TrackedInflate. Any byte of a stored member is a point (a seek:
+    no window or bits needed to go on), so the one point kept is the member's end, where
+    the next day's new text starts. The bytes are hashed as they are read, from the hash
+    state `prefix` holds at the start, so a resumed read hashes each byte once.
+    """
+
+    def __init__(
+        self,
+        member: Member,
+        start: AccessPoint | None = None,
+        prefix: CompressedPrefix | None = None,
+    ) -> None:
+        self.member, self.start, self.prefix = member, start, prefix
+        self.points: list[AccessPoint] | None = None
+
+    def access_points(self) -> list[AccessPoint]:
+        """The member's end as a point for the next run; only once it is read whole."""
+        if self.points is None:
+            raise RuntimeError(f"{self.member.path}: access points asked before the member's end")
+        return self.points
+
+    def __iter__(self) -> Iterator[bytes]:
+        member, start = self.member, self.start
+        if member.method != zipfile.ZIP_STORED:
+            raise CorruptArchive(f"{member.path}: not a stored member, cannot seek into it")
+        pos = crc = 0
+        window = b""
+        if start is not None:
+            if start.bits or start.compressed_offset != start.offset:
+                raise CorruptArchive(f"{member.path}: access point out of range, cannot resume")
+            pos, crc, window = start.offset, start.crc32, start.window
+        hasher = (self.prefix or CompressedPrefix(member)).state_at(pos)
+        for piece in compressed_pieces(member, pos):
+            hasher.update(piece)
+            crc = isal_zlib.crc32(piece, crc)
+            pos += len(piece)
+            window = (window + piece)[-WINDOW_BYTES:]
+            yield piece
+        check_integrity(member, pos, crc)
+        end = AccessPoint(pos, 0, pos, crc, window, hasher.hexdigest(), blake3.blake3().hexdigest())
+        self.points = [end]

@@ -15,7 +15,14 @@ from typing import Any
 
 import polars as pl
 
-from incremental_bench.archive import Member, archive_path, inflate_all, locate_member
+from incremental_bench.archive import (
+    READABLE_METHODS,
+    RESUMABLE_METHODS,
+    Member,
+    archive_path,
+    inflate_all,
+    locate_member,
+)
 from incremental_bench.blocks import Header, LineBlocks, ReadPlan, member_header, scan_archive
 from incremental_bench.clock import Stopwatch, progress
 from incremental_bench.config import (
@@ -25,7 +32,7 @@ from incremental_bench.config import (
     Say,
     StaleDayError,
 )
-from incremental_bench.deflate import AccessPoint, CompressedPrefix, TrackedInflate
+from incremental_bench.deflate import AccessPoint, CompressedPrefix, TrackedInflate, TrackedStored
 from incremental_bench.store import (
     Checkpoint,
     ClientState,
@@ -247,10 +254,15 @@ def choose_access_point(
     decodes the same bits to the same text, so the text before it is the one processed.
     """
     prefix = CompressedPrefix(member)
+    if member.method not in RESUMABLE_METHODS:
+        method = READABLE_METHODS.get(member.method, f"method {member.method}")
+        return (
+            None,
+            prefix,
+            f"the CSV member is {method}-compressed: only stored and deflate resume",
+        )
     if not points:
-        return None, prefix, "no access point stored (checkpoint without one, or not deflate)"
-    if member.method != zipfile.ZIP_DEFLATED:
-        return None, prefix, "the CSV member is not deflate-compressed"
+        return None, prefix, "no access point stored (a checkpoint without one)"
     best = None
     for point in points:  # in stream order: the prefix hash moves forward only
         if point.offset > cp.bytes_processed:
@@ -296,10 +308,12 @@ def verified_plan(cp: Checkpoint, point: AccessPoint | None, hashing: bool) -> R
 
 def incremental_inflate(
     member: Member, start: AccessPoint | None = None, prefix: CompressedPrefix | None = None
-) -> TrackedInflate | Iterator[bytes]:
-    """The incremental path's inflater: zlib noting boundaries when deflate, else zipfile's."""
+) -> TrackedInflate | TrackedStored | Iterator[bytes]:
+    """The incremental path's read: one that leaves access points where the method allows."""
     if member.method == zipfile.ZIP_DEFLATED:
         return TrackedInflate(member, start, prefix)
+    if member.method == zipfile.ZIP_STORED:
+        return TrackedStored(member, start, prefix)
     return inflate_all(member)
 
 
@@ -348,7 +362,9 @@ def read_new_rows(
             artifacts = process_blocks(blocks, first_line, state.client, lookups, clock)
         finally:
             inflated += blocks.inflated
-        points = chunks.access_points() if isinstance(chunks, TrackedInflate) else []
+        points = (
+            chunks.access_points() if isinstance(chunks, TrackedInflate | TrackedStored) else []
+        )
         return NewRows(artifacts, blocks, points, inflated, mode, notes)
 
     if cp is None:
@@ -446,5 +462,5 @@ def state_matches_archive(state: ClientState, cp: Checkpoint, data_dir: Path) ->
     point, prefix, _ = choose_access_point(member, cp, state.access_points())
     if point is not None:
         with contextlib.suppress(CorruptArchive):  # then check the fingerprint instead
-            return matches(TrackedInflate(member, point, prefix), point)
+            return matches(incremental_inflate(member, point, prefix), point)
     return matches(inflate_all(member), None)

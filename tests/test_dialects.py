@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import shutil
-import subprocess
 import zipfile
 from pathlib import Path
 
@@ -327,31 +325,6 @@ def test_bom_reordered_and_extra_columns_read_by_name(tmp_path, capsys):
         rows = con.execute("SELECT * FROM processed_sales_full_refresh").fetchall()
     names = [c for c, _ in config.SALES_TABLE.items()]
     assert_table_matches(pl.DataFrame(rows, schema=names, orient="row"), table)
-
-
-# CI installs Info-ZIP (.ci/run) and never skips; a developer's machine without it may.
-@pytest.mark.skipif(
-    shutil.which("zip") is None and not os.environ.get("CI"),
-    reason="Info-ZIP zip is not installed here",
-)
-def test_info_zip_archives_keep_parity_and_resume(tmp_path):
-    feed = generate(
-        tmp_path / "data",
-        *["--clients", "1", "--days", "3", "--base-rows", "3000", "--daily-rows", "300"],
-        *["--seed", "17", "--dialect", "excel"],
-    )
-    for day in (1, 2, 3):  # each day re-zipped by Info-ZIP, from the CSV on disk
-        zipped = archive.archive_path(feed, "client_1", day)
-        csv = zipped.with_suffix(".csv")
-        csv.write_bytes(read_csv_bytes(zipped))
-        zipped.unlink()
-        subprocess.run(["zip", "-q", "-j", str(zipped), str(csv)], check=True)
-        csv.unlink()
-    con = fresh_db(tmp_path / "db.sqlite")
-    modes = [pipelines.incremental_step(con, feed, "client_1", d).read_mode for d in (1, 2, 3)]
-    assert modes[0] == "read whole: first run" and modes[2].startswith("resumed"), modes
-    table, _, _ = oracle_for(feed, "client_1", 3)
-    assert_table_matches(state(con), table)
 
 
 @pytest.mark.parametrize(

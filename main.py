@@ -31,12 +31,15 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from incremental_bench.chart import render_chart
 from incremental_bench.cli import (
     check_inputs,
     config_from,
+    day_n_target,
     exclusive_run,
     final_parity,
     parity_failure,
@@ -44,8 +47,8 @@ from incremental_bench.cli import (
     save_day_n,
     scratch_folder,
     scratch_state,
+    staged_outputs,
     summary,
-    write_text_atomically,
 )
 from incremental_bench.config import (
     BenchConfig,
@@ -71,7 +74,10 @@ from incremental_bench.pipelines import (
 )
 from incremental_bench.report import render_report
 from incremental_bench.results import build_results
+from incremental_bench.store import full_disk_named
 from incremental_bench.transform import PipelineArtifacts, process_transactions
+
+Stage = Callable[[Path, Callable[[Path], None]], None]  # cli.staged_outputs' stage
 
 __all__ = [
     "PipelineArtifacts",
@@ -88,7 +94,8 @@ __all__ = [
 def run_benchmark(cfg: BenchConfig, say: Say) -> dict[str, Any]:
     """One benchmark run, in the seven steps of the README; returns the results record."""
     check_inputs(cfg, say)  # 1. inputs first
-    with exclusive_run(cfg.db), scratch_folder(cfg.db, say) as scratch:
+    home = cfg.db.resolve().parent
+    with exclusive_run(cfg.db), scratch_folder(cfg.db, say) as scratch, full_disk_named(home):
         state = scratch_state(cfg, scratch)  # 2. a scratch copy
         warmup = populate_historical_data(state, cfg.data_dir, cfg.client, cfg.day, say)  # 3.
         say(f"timing {cfg.repeat} repeat(s) of each pipeline, each in a fresh process")
@@ -102,28 +109,39 @@ def run_benchmark(cfg: BenchConfig, say: Say) -> dict[str, Any]:
         profile_lines(cfg, state, scratch)
         parity = final_parity(measured.final, cfg.client, cfg.day, sweep)  # 6. parity
         peers = peer_checks(cfg, measured, scratch)
-        save_day_n(cfg, measured.final, parity, say)  # 7. results
-    record = build_results(
-        cfg, measured, warmup, sweep, parity, peers, inflaters, floors, full_floors
-    )
-    return record.to_json()
+        target = day_n_target(cfg, parity)
+        results = build_results(
+            cfg, measured, warmup, sweep, parity, peers, inflaters, floors, full_floors
+        ).to_json()
+        # 7. results: the outputs written aside first, so that a full disk or an error
+        # while writing them leaves the database as it was; then day N, then the renames.
+        with staged_outputs() as stage:
+            generate_report(cfg, results, stage)
+            save_day_n(target, measured.final, cfg.client, say)
+    return results
 
 
-def generate_report(cfg: BenchConfig, results: dict[str, Any]) -> None:
-    """The --json record, then the chart and results.md rendered from it."""
+def generate_report(cfg: BenchConfig, results: dict[str, Any], stage: Stage) -> None:
+    """The --json record, then the chart and results.md rendered from it.
+
+    Each goes through `stage`: written under a temporary name beside its place, and
+    renamed into place once every output and the database are written.
+    """
     if cfg.json_path:
-        write_text_atomically(cfg.json_path, json.dumps(results, indent=2, default=str) + "\n")
+        text = json.dumps(results, indent=2, default=str) + "\n"
+        stage(cfg.json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     if results["chart"]:
-        render_chart(results, cfg.report.with_name(results["chart"]))
-    write_text_atomically(cfg.report, render_report(results))
+        stage(cfg.report.with_name(results["chart"]), lambda tmp: render_chart(results, tmp))
+    report = render_report(results)
+    stage(cfg.report, lambda tmp: tmp.write_text(report, encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on parity, 1 on a parity failure, 2 on unusable input."""
     cfg = config_from(parse_args(argv))
     try:
-        results = run_benchmark(cfg, say=lambda line: print(line, flush=True))
-        generate_report(cfg, results)
+        with full_disk_named(cfg.db.resolve().parent):
+            results = run_benchmark(cfg, say=lambda line: print(line, flush=True))
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,6 @@ the archive, drawn from the results record alone (matplotlib, no display)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,7 @@ def render_chart(results: dict[str, Any], path: Path) -> None:
     cond = results["conditions"]
     fig.suptitle(f"{cond['client']}: one day's step, days 2 to {cond['day']}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
+        fig.savefig(path, format="png", dpi=100)
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, not left

@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from incremental_bench.store import (
     copy_db,
     delete_client,
     ensure_schema,
+    full_disk_named,
     transaction,
 )
 from incremental_bench.transform import load_lookups
@@ -146,29 +147,53 @@ def final_parity(final: Path, client: str, day: int, sweep: list[dict[str, Any]]
     return {**parity, "seconds": clock.stages_s["parity"]}
 
 
-def save_day_n(cfg: BenchConfig, final: Path, parity: dict[str, Any], say: Say) -> None:
+def day_n_target(cfg: BenchConfig, parity: dict[str, Any]) -> Path:
+    """Where day N's state goes: the database, or beside it when parity failed (noted)."""
+    if parity["ok"]:
+        return cfg.db
+    kept = cfg.db.with_name(cfg.db.name + ".parity-failed")
+    parity["kept"] = str(kept)
+    return kept
+
+
+def save_day_n(target: Path, final: Path, client: str, say: Say) -> None:
     """The client's rows of every table replaced by the day-N state, in one transaction.
 
-    On a parity failure the real database is left as it was and the failing state is
-    kept beside it instead.
+    On a parity failure `target` is the file kept beside the database, which then stays
+    as it was.
     """
-    target = cfg.db
-    if not parity["ok"]:
-        target = cfg.db.with_name(cfg.db.name + ".parity-failed")
-        parity["kept"] = str(target)
     with contextlib.closing(connect(target)) as con:
         ensure_schema(con, say)
-        copy_client_rows(final, con, cfg.client, TABLES)
+        copy_client_rows(final, con, client, TABLES)
 
 
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write a file under a temporary name and rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
+Write = Callable[[Path], None]  # writes one output file, at the path it is given
+
+
+@contextlib.contextmanager
+def staged_outputs() -> Iterator[Callable[[Path, Write], None]]:
+    """Output files written under temporary names beside their places, then put in place.
+
+    The block gets `stage(path, write)`, which has `write` write `path` under a
+    temporary name (a full disk there names `path`'s folder). When the block ends
+    normally every file is renamed into place (a rename needs no space); when it fails,
+    none is, and the temporary files go.
+    """
+    staged: list[tuple[Path, Path]] = []
+
+    def stage(path: Path, write: Write) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        staged.append((tmp, path))
+        with full_disk_named(path.resolve().parent):
+            write(tmp)
+
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        yield stage
+        for tmp, path in staged:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, not left
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)  # gone after the rename; after a failure, not left
 
 
 def positive_int(text: str) -> int:

@@ -71,6 +71,7 @@ PIPELINE_NAMES = ("baseline", "incremental")  # the two pipelines, as the record
 # under this share of the baseline's (a least-squares fit over every sweep day, so one
 # noisy day moves it little).
 FLAT_SHARE = 0.1
+FULL_DISK_BYTES = 1 << 20  # an SQLite I/O error with less than this free is a full disk
 SCRATCH_PREFIX = ".bench-"  # + the database's name: a run's scratch folder beside it
 Say = Callable[[str], None]  # where a run reports progress and findings, a line at a time
 Z_NO_FLUSH, Z_OK, Z_STREAM_END, Z_MEM_ERROR, Z_BUF_ERROR, Z_BLOCK = 0, 0, 1, -4, -5, 5
@@ -164,6 +165,10 @@ FULL_REFRESH_TABLES = ("processed_sales_full_refresh", "rejected_rows_full_refre
 
 class InputError(Exception):
     """Unusable input (missing or corrupt archive, bad header...): exit 2, nothing changed."""
+
+
+class DiskFull(InputError):
+    """A write found no space left on its folder's disk: exit 2, nothing changed."""
 
 
 class StaleDayError(InputError):

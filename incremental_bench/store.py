@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -22,12 +24,14 @@ import polars as pl
 
 from incremental_bench.config import (
     CLUSTERED_TABLES,
+    FULL_DISK_BYTES,
     FULL_REFRESH_TABLES,
     INSERT_ROWS,
     KEY,
     SALES_SCHEMA,
     STATE_TABLES,
     TABLES,
+    DiskFull,
     InputError,
 )
 from incremental_bench.deflate import AccessPoint
@@ -47,6 +51,58 @@ class Connection(sqlite3.Connection):
         """Commit, unless a `transaction()` block will do it."""
         if not self.hold_commit:
             super().commit()
+
+
+def out_of_space(exc: BaseException, folder: Path) -> str | None:
+    """Why a failed write in `folder` found its disk full, or None when it failed otherwise.
+
+    SQLite says so by its result code, the operating system by errno (a full disk or
+    a used-up quota), DuckDB and Polars only in the message. SQLite also reports some
+    writes that found no room (its shared memory, a backup's pages) as a plain I/O
+    error: that one counts when the folder's disk has next to nothing left.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os.strerror(exc.errno)
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            return str(exc)
+        if code == sqlite3.SQLITE_IOERR and free_bytes(folder) < FULL_DISK_BYTES:
+            return f"{exc}, {free_bytes(folder):,} bytes free"
+    if "No space left on device" in str(exc):
+        return "No space left on device"
+    return None
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes left for this user on the folder's disk (max when it cannot be asked)."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return stat.f_bavail * stat.f_frsize
+
+
+@contextlib.contextmanager
+def full_disk_named(folder: Path) -> Iterator[None]:
+    """A full disk met inside as one DiskFull naming the folder written to.
+
+    The folder is the file's own when the error names one, else `folder` (SQLite's
+    errors name no file: its files are the database's, and its scratch copies beside
+    it). Used inside the scratch folder's block, so that the disk is judged before the
+    scratch copies go and free their space.
+    """
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        filename = getattr(exc, "filename", None)
+        where = Path(filename).resolve().parent if isinstance(filename, str) else folder
+        why = out_of_space(exc, where)
+        if why is None:
+            raise
+        raise DiskFull(f"{where}: its disk is full ({why}); nothing was changed") from None
 
 
 def connect(path: Path) -> Connection:
@@ -351,6 +407,8 @@ def copy_db(src: Path, dst: Path) -> None:
         try:
             s.backup(d)
         except sqlite3.DatabaseError as exc:
+            if out_of_space(exc, dst.parent):
+                raise
             raise InputError(f"{src}: cannot read as an SQLite database ({exc})") from None
         d.execute("PRAGMA journal_mode=WAL")  # as the real database, set outside any timing
 

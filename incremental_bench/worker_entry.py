@@ -39,11 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     die_with_driver(spec["driver_pid"])
     # Imported only now: loading the machinery takes long enough for the driver to die
     # meanwhile, and until die_with_driver has run the worker would outlive it.
-    from incremental_bench.config import InputError
+    from incremental_bench.config import SCRATCH_PREFIX, InputError
+    from incremental_bench.store import full_disk_named
     from incremental_bench.worker import RunSpec, worker
 
+    # Its database is a copy in the run's scratch folder: a full disk names the folder
+    # the user chose, the one that holds the scratch folder.
+    folder = Path(spec["db"]).resolve().parent
+    if folder.name.startswith(SCRATCH_PREFIX):
+        folder = folder.parent
     try:
-        result = worker(RunSpec(**spec))
+        with full_disk_named(folder):
+            result = worker(RunSpec(**spec))
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2

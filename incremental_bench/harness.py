@@ -269,12 +269,13 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | Non
 
     From the day N-1 state, with the access point the step resumes from, each stage's
     work without what our code adds to it (median_time, warm, outside the pipelines'
-    timings): read: zlib inflating the tail alone; verify: BLAKE3 over the compressed
-    history already in memory; parse: Polars' CSV reader on the new text alone (no
-    checks, no line numbers); transform: the new rows' transformation without the merge
-    into the stored days; write: SQLite alone deleting the touched days, inserting the
-    merged rows in the same multi-row INSERTs with their parameters prebuilt, storing
-    the checkpoint and the access points, and committing (no pandas, no conversions).
+    timings): read: zlib inflating the tail alone (reading it, for a stored member);
+    verify: BLAKE3 over the compressed history already in memory; parse: Polars' CSV
+    reader on the new text alone (no checks, no line numbers); transform: the new rows'
+    transformation without the merge into the stored days; write: SQLite alone deleting
+    the touched days, inserting the merged rows in the same multi-row INSERTs with their
+    parameters prebuilt, storing the checkpoint and the access points, and committing
+    (no pandas, no conversions).
     Empty when the step would not resume from an access point.
     """
     db = scratch / "floors.db"
@@ -291,11 +292,24 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | Non
         history = b"".join(compressed_pieces(member, 0, point.compressed_offset))
         tail = b"".join(compressed_pieces(member, point.compressed_offset))
         last_byte = history[-1] if point.bits else 0
-        inflated = b"".join(inflate_tail(point, last_byte, tail))
+        if member.method == zipfile.ZIP_STORED:  # its text is its bytes: the floor reads them
+
+            def read() -> Iterator[bytes]:
+                return compressed_pieces(member, point.compressed_offset)
+
+            inflated = tail
+        else:
+
+            def read() -> Iterator[bytes]:
+                return inflate_tail(point, last_byte, tail)
+
+            inflated = b"".join(read())
         done = cp.bytes_processed - point.offset
         # As the step reads it: a line end completing the last line processed is not new.
         plan = ReadPlan(open_quote=bool(cp.open_quote))
-        ends_line = not done or inflated[done - 1 : done] == b"\n"
+        # The byte before the old end: in the inflated text, or before the point itself.
+        last = inflated[done - 1 : done] if done else point.window[-1:] or b"\n"
+        ends_line = last == b"\n"
         text = verify_resume(member.path, None, plan, ends_line, inflated[done:])
         names = {f"column_{i}": pl.String for i in range(len(header.columns))}
         rows = parse_block(text, cp.lines_processed + 1, header)[0]
@@ -309,9 +323,7 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | Non
             "rows_written": len(merged),
         }
         seconds = {
-            "read": median_time(
-                lambda: collections.deque(inflate_tail(point, last_byte, tail), maxlen=0)
-            ),
+            "read": median_time(lambda: collections.deque(read(), maxlen=0)),
             "verify": median_time(lambda: blake3.blake3(history).digest()),
             "parse": median_time(
                 lambda: pl.read_csv(text, has_header=False, schema=names, raise_if_empty=False)

@@ -9,6 +9,7 @@ skips; a developer's machine without one may.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import assert_table_matches, fresh_db, generate, oracle_for, read_csv_bytes, state
 
+import main
 from incremental_bench import archive, config, pipelines, store
 
 DAYS = (1, 2, 3, 4)
@@ -254,3 +256,19 @@ def store_is_empty(con: store.Connection) -> bool:
     """No client row and no checkpoint: nothing was written."""
     tables = ("processed_sales", "ingest_checkpoint")
     return all(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] == 0 for t in tables)
+
+
+def test_the_whole_benchmark_on_stored_archives_resumes_and_keeps_parity(
+    source_feed, tmp_path, capsys
+):
+    feed = rewrite(source_feed, tmp_path / "data", info_zip("-0"), None)
+    out = tmp_path / "r.json"
+    args = ["--data-dir", str(feed), "--db", str(tmp_path / "db.sqlite"), "--day", "4"]
+    args += ["--repeat", "1", "--no-sweep", "--no-peers", "--report", str(tmp_path / "r.md")]
+    assert main.main([*args, "--json", str(out)]) == 0, capsys.readouterr().err
+    results = json.loads(out.read_text())
+    assert results["parity"]["ok"]
+    incremental = results["incremental"]
+    assert incremental["resumed_runs"] == len(incremental["read_modes"]) == 2  # warm-up too
+    # The read floor of a stored member reads its bytes: the same work as the step.
+    assert results["floors"]["same_work"] and results["floors"]["stages"]["read"]["floor"] > 0

@@ -141,16 +141,18 @@ def test_floors_do_the_work_of_their_stages_and_leave_the_state_as_it_was(four_d
     assert harness.measure_floors(replace(cfg, day=1), tmp_path / "empty.db", tmp_path) is None
 
 
-def test_floors_of_a_feed_whose_records_end_without_a_line_end(four_days, tmp_path):
+@pytest.mark.parametrize("method", [zipfile.ZIP_DEFLATED, zipfile.ZIP_STORED])
+def test_floors_of_a_feed_whose_records_end_without_a_line_end(method, four_days, tmp_path):
     # Each day's CSV ends right after its last field; the next day continues with the
     # line end and the new rows. The floors read the new text as the step does: the
-    # line end that completes yesterday's last record is not a new (empty) record.
+    # line end that completes yesterday's last record is not a new (empty) record. A
+    # stored member's read floor reads its bytes, as the step does.
     feed = tmp_path / "data"
     shutil.copytree(four_days, feed)
     for day in range(1, 5):
         path = archive_file(feed, day)
         text = read_csv_bytes(path).rstrip(b"\n")
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        with zipfile.ZipFile(path, "w", method) as zf:
             zf.writestr(path.stem + ".csv", text)
     db = tmp_path / "state.db"
     con = fresh_db(db)

@@ -149,7 +149,7 @@ TABLES = {
         bits INTEGER NOT NULL,
         csv_offset INTEGER NOT NULL,
         crc32 INTEGER NOT NULL,
-        window BLOB NOT NULL,
+        "window" BLOB NOT NULL,  -- quoted: a reserved word in PostgreSQL
         compressed_blake3 TEXT NOT NULL,
         tail_blake3 TEXT NOT NULL,
         PRIMARY KEY (client_id, compressed_offset)

@@ -23,7 +23,13 @@ import blake3
 import polars as pl
 from isal import isal_zlib
 
-from incremental_bench.archive import archive_path, compressed_pieces, inflate_all, locate_member
+from incremental_bench.archive import (
+    Member,
+    archive_path,
+    compressed_pieces,
+    inflate_all,
+    locate_member,
+)
 from incremental_bench.blocks import ReadPlan, member_header, read_header, verify_resume
 from incremental_bench.clock import Stopwatch, progress
 from incremental_bench.config import (
@@ -264,6 +270,22 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors 
     return Floors(seconds, work)
 
 
+def tail_reader(
+    member: Member, point: AccessPoint, history: bytes
+) -> tuple[Callable[[], Iterator[bytes]], bytes]:
+    """The read floor's call, and the text it gives: zlib inflating the compressed tail
+    alone, or reading the tail of a stored member (its text is its bytes)."""
+    if member.method == zipfile.ZIP_STORED:
+        return lambda: compressed_pieces(member, point.compressed_offset), b"".join(
+            compressed_pieces(member, point.compressed_offset)
+        )
+    tail = b"".join(compressed_pieces(member, point.compressed_offset))
+    last_byte = history[-1] if point.bits else 0
+    return lambda: inflate_tail(point, last_byte, tail), b"".join(
+        inflate_tail(point, last_byte, tail)
+    )
+
+
 def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | None:
     """What each stage of day N's incremental step costs at least here, done alone.
 
@@ -290,20 +312,7 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | Non
         if cp is None or point is None:
             return None
         history = b"".join(compressed_pieces(member, 0, point.compressed_offset))
-        tail = b"".join(compressed_pieces(member, point.compressed_offset))
-        last_byte = history[-1] if point.bits else 0
-        if member.method == zipfile.ZIP_STORED:  # its text is its bytes: the floor reads them
-
-            def read() -> Iterator[bytes]:
-                return compressed_pieces(member, point.compressed_offset)
-
-            inflated = tail
-        else:
-
-            def read() -> Iterator[bytes]:
-                return inflate_tail(point, last_byte, tail)
-
-            inflated = b"".join(read())
+        read, inflated = tail_reader(member, point, history)
         done = cp.bytes_processed - point.offset
         # As the step reads it: a line end completing the last line processed is not new.
         plan = ReadPlan(open_quote=bool(cp.open_quote))

@@ -1,122 +1,92 @@
-"""The SQLite store: schema, checkpoint, access points and rows.
+"""The store: schema, checkpoint, access points and rows, in SQLite or PostgreSQL.
 
 The only module that speaks SQL to the project's database: tables and their shapes,
 transactions, the checkpoint and access points, writes through pandas' to_sql, and the
-stored days read back. Knows nothing of archives or CSV."""
+stored days read back. A --db path is an SQLite file, a postgresql:// URL a database on
+a server (the server's own operations live in `pg`); the same statements serve both
+where their SQL agrees, and the few that differ are chosen by the connection. Knows
+nothing of archives or CSV."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import io
 import json
-import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import chain
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import polars as pl
 
+from incremental_bench import pg
 from incremental_bench.config import (
     CLUSTERED_TABLES,
-    FULL_DISK_BYTES,
     FULL_REFRESH_TABLES,
     INSERT_ROWS,
     KEY,
     SALES_SCHEMA,
     STATE_TABLES,
     TABLES,
-    DiskFull,
-    InputError,
+)
+
+# Re-exported: the store is where the rest of the package finds its database.
+from incremental_bench.databases import (
+    Connection as Connection,
+)
+from incremental_bench.databases import (
+    Db as Db,
+)
+from incremental_bench.databases import (
+    DbConnection as DbConnection,
+)
+from incremental_bench.databases import (
+    as_db as as_db,
+)
+from incremental_bench.databases import (
+    connect as connect,
+)
+from incremental_bench.databases import (
+    copy_db as copy_db,
+)
+from incremental_bench.databases import (
+    db_exists as db_exists,
+)
+from incremental_bench.databases import (
+    describe as describe,
+)
+from incremental_bench.databases import (
+    free_bytes as free_bytes,
+)
+from incremental_bench.databases import (
+    full_disk_named as full_disk_named,
+)
+from incremental_bench.databases import (
+    move_db as move_db,
+)
+from incremental_bench.databases import (
+    out_of_space as out_of_space,
+)
+from incremental_bench.databases import (
+    sibling as sibling,
 )
 from incremental_bench.deflate import AccessPoint
+from incremental_bench.pg import PgConnection
 from incremental_bench.transform import PipelineArtifacts
 
 
-class Connection(sqlite3.Connection):
-    """sqlite3 connection whose commit() waits while one of our transactions is open.
-
-    pandas' to_sql commits after every call; holding that commit back lets the
-    delete, the insert, the rejected rows and the checkpoint commit together.
-    """
-
-    hold_commit = False
-
-    def commit(self) -> None:
-        """Commit, unless a `transaction()` block will do it."""
-        if not self.hold_commit:
-            super().commit()
-
-
-def out_of_space(exc: BaseException, folder: Path) -> str | None:
-    """Why a failed write in `folder` found its disk full, or None when it failed otherwise.
-
-    SQLite says so by its result code, the operating system by errno (a full disk or
-    a used-up quota), DuckDB and Polars only in the message. SQLite also reports some
-    writes that found no room (its shared memory, a backup's pages) as a plain I/O
-    error: that one counts when the folder's disk has next to nothing left.
-    """
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return os.strerror(exc.errno)
-    if isinstance(exc, sqlite3.Error):
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code == sqlite3.SQLITE_FULL:
-            return str(exc)
-        if code == sqlite3.SQLITE_IOERR and free_bytes(folder) < FULL_DISK_BYTES:
-            return f"{exc}, {free_bytes(folder):,} bytes free"
-    if "No space left on device" in str(exc):
-        return "No space left on device"
-    return None
-
-
-def free_bytes(folder: Path) -> int:
-    """Bytes left for this user on the folder's disk (max when it cannot be asked)."""
-    try:
-        stat = os.statvfs(folder)
-    except OSError:
-        return 1 << 62
-    return stat.f_bavail * stat.f_frsize
-
-
 @contextlib.contextmanager
-def full_disk_named(folder: Path) -> Iterator[None]:
-    """A full disk met inside as one DiskFull naming the folder written to.
-
-    The folder is the file's own when the error names one, else `folder` (SQLite's
-    errors name no file: its files are the database's, and its scratch copies beside
-    it). Used inside the scratch folder's block, so that the disk is judged before the
-    scratch copies go and free their space.
-    """
-    try:
-        yield
-    except DiskFull:
-        raise
-    except Exception as exc:
-        filename = getattr(exc, "filename", None)
-        where = Path(filename).resolve().parent if isinstance(filename, str) else folder
-        why = out_of_space(exc, where)
-        if why is None:
-            raise
-        raise DiskFull(f"{where}: its disk is full ({why}); nothing was changed") from None
-
-
-def connect(path: Path) -> Connection:
-    """Open a database in WAL mode, waiting up to 30 s for another writer."""
-    con = sqlite3.connect(path, factory=Connection, isolation_level=None, timeout=30)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")
-    return con  # type: ignore[return-value]
-
-
-@contextlib.contextmanager
-def transaction(con: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back whole on any exception."""
-    con.execute("BEGIN IMMEDIATE")
+def transaction(con: DbConnection) -> Iterator[DbConnection]:
+    """BEGIN ... COMMIT, rolled back whole on any exception (SQLite: BEGIN IMMEDIATE,
+    which takes the write lock at once)."""
+    if isinstance(con, PgConnection):
+        con.begin()
+    else:
+        con.execute("BEGIN IMMEDIATE")
     con.hold_commit = True
     try:
         yield con
@@ -129,24 +99,72 @@ def transaction(con: Connection) -> Iterator[Connection]:
     con.commit()
 
 
-def table_shape(con: sqlite3.Connection, name: str) -> list[tuple]:
+def table_shape(con: DbConnection, name: str) -> list[tuple]:
     """Column names, types, NOT NULL and key positions of a table, and whether its rows
     are stored in key order (WITHOUT ROWID): its comparable shape."""
+    if isinstance(con, PgConnection):
+        return pg_table_shape(con, name)
     columns = [(r[1], r[2], r[3], r[5]) for r in con.execute(f"PRAGMA table_info({name})")]
     sql = con.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()
     # First, so that a table of the other kind never looks like one lacking columns.
     return [("WITHOUT ROWID", "", 0, 0), *columns] if sql and "WITHOUT ROWID" in sql[0] else columns
 
 
-def table_ddl(name: str) -> str:
-    """CREATE TABLE of one of TABLES. The sales tables store their rows in key order:
-    one B-tree instead of a table and its key index, and the rows of a day together,
-    which is what the merge reads back, deletes and rewrites."""
-    clustered = " WITHOUT ROWID" if name in CLUSTERED_TABLES else ""
-    return f"CREATE TABLE IF NOT EXISTS {name} ({TABLES[name]}){clustered}"
+def table_ddl(name: str, postgres: bool = False, as_name: str = "", temp: bool = False) -> str:
+    """CREATE TABLE of one of TABLES. In SQLite the sales tables store their rows in key
+    order: one B-tree instead of a table and its key index, and the rows of a day
+    together, which is what the merge reads back, deletes and rewrites. In PostgreSQL
+    the types are its 64-bit integers and floats and its bytes (its INTEGER and REAL
+    are 32-bit)."""
+    columns = TABLES[name]
+    clustered = " WITHOUT ROWID" if name in CLUSTERED_TABLES and not postgres else ""
+    if postgres:
+        for sqlite_type, pg_type in PG_TYPES.items():
+            columns = re.sub(rf"\b{sqlite_type}\b", pg_type, columns)
+    kind = "TEMP TABLE" if temp else "TABLE"
+    return f"CREATE {kind} IF NOT EXISTS {as_name or name} ({columns}){clustered}"
 
 
-def ensure_schema(con: Connection, say: Callable[[str], None]) -> None:
+PG_TYPES = {"INTEGER": "BIGINT", "REAL": "DOUBLE PRECISION", "BLOB": "BYTEA"}
+
+
+def pg_table_shape(con: PgConnection, name: str, temp: bool = False) -> list[tuple]:
+    """Column names, types, NOT NULL and key positions of a PostgreSQL table."""
+    schema = "pg_my_temp_schema()::regnamespace::text" if temp else "current_schema()"
+    keys = dict(
+        con.execute(
+            "SELECT k.column_name, k.ordinal_position FROM information_schema.table_constraints c"
+            " JOIN information_schema.key_column_usage k USING (constraint_schema, constraint_name)"
+            f" WHERE c.table_schema = {schema} AND c.table_name = ?"
+            " AND c.constraint_type = 'PRIMARY KEY'",
+            (name,),
+        ).fetchall()
+    )
+    columns = con.execute(
+        "SELECT column_name, data_type, is_nullable FROM information_schema.columns"
+        f" WHERE table_schema = {schema} AND table_name = ? ORDER BY ordinal_position",
+        (name,),
+    ).fetchall()
+    return [(c, kind, int(null == "NO"), keys.get(c, 0)) for c, kind, null in columns]
+
+
+def wanted_shapes(con: DbConnection) -> dict[str, list[tuple]]:
+    """The shape of each of TABLES as this version creates it, in the connection's database
+    engine: tables made aside (SQLite in memory, PostgreSQL as temporary tables)."""
+    if isinstance(con, PgConnection):
+        shapes = {}
+        for name in TABLES:
+            con.execute(table_ddl(name, postgres=True, as_name=f"wanted_{name}", temp=True))
+            shapes[name] = pg_table_shape(con, f"wanted_{name}", temp=True)
+            con.execute(f"DROP TABLE wanted_{name}")
+        return shapes
+    with contextlib.closing(sqlite3.connect(":memory:")) as reference:
+        for name in TABLES:
+            reference.execute(table_ddl(name))
+        return {name: table_shape(reference, name) for name in TABLES}
+
+
+def ensure_schema(con: DbConnection, say: Callable[[str], None]) -> None:
     """Create missing tables; rename aside (never drop) any whose shape differs.
 
     A table that only lacks trailing nullable columns of this version (a checkpoint
@@ -154,12 +172,12 @@ def ensure_schema(con: Connection, say: Callable[[str], None]) -> None:
     invalidates every checkpoint, so the checkpoints are cleared too and the next
     run rebuilds the clients from their archives.
     """
-    reference = sqlite3.connect(":memory:")
+    shapes = wanted_shapes(con)
+    postgres = isinstance(con, PgConnection)
     moved = []
     with transaction(con):
         for name in TABLES:
-            reference.execute(table_ddl(name))
-            current, wanted = table_shape(con, name), table_shape(reference, name)
+            current, wanted = table_shape(con, name), shapes[name]
             added = wanted[len(current) :]
             nullable = all(not notnull and not key for _, _, notnull, key in added)
             if current and wanted[: len(current)] == current and added and nullable:
@@ -173,10 +191,9 @@ def ensure_schema(con: Connection, say: Callable[[str], None]) -> None:
                 con.execute(f"ALTER TABLE {name} RENAME TO {aside}")
                 say(f"table {name} had another schema: renamed to {aside}, created anew")
                 moved.append(name)
-            con.execute(table_ddl(name))
+            con.execute(table_ddl(name, postgres))
         if moved and "ingest_checkpoint" not in moved:
             con.execute("DELETE FROM ingest_checkpoint")
-    reference.close()
 
 
 @dataclass
@@ -192,7 +209,7 @@ class Checkpoint:
     open_quote: bool = False  # the processed text ends inside a quoted field
 
 
-def read_checkpoint(con: sqlite3.Connection, client: str) -> Checkpoint | None:
+def read_checkpoint(con: DbConnection, client: str) -> Checkpoint | None:
     """The client's checkpoint, or None before its first run."""
     row = con.execute(
         "SELECT last_day, bytes_processed, lines_processed, prefix_blake3, last_transaction_date,"
@@ -206,10 +223,25 @@ def read_checkpoint(con: sqlite3.Connection, client: str) -> Checkpoint | None:
     return Checkpoint(*row[:5], ends, bool(row[6]))
 
 
-def write_checkpoint(con: Connection, client: str, cp: Checkpoint) -> None:
+CHECKPOINT_COLUMNS = (
+    "last_day",
+    "bytes_processed",
+    "lines_processed",
+    "prefix_blake3",
+    "last_transaction_date",
+    "updated_at",
+    "piece_ends",
+    "open_quote",
+)
+CHECKPOINT_UPSERT = "ON CONFLICT (client_id) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in CHECKPOINT_COLUMNS
+)
+
+
+def write_checkpoint(con: DbConnection, client: str, cp: Checkpoint) -> None:
     """Store a client's checkpoint (inside the caller's transaction)."""
     con.execute(
-        "INSERT OR REPLACE INTO ingest_checkpoint VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO ingest_checkpoint VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) {CHECKPOINT_UPSERT}",
         (
             client,
             cp.last_day,
@@ -224,17 +256,17 @@ def write_checkpoint(con: Connection, client: str, cp: Checkpoint) -> None:
     )
 
 
-def read_access_points(con: sqlite3.Connection, client: str) -> list[AccessPoint]:
+def read_access_points(con: DbConnection, client: str) -> list[AccessPoint]:
     """The access points stored with a client's checkpoint, in stream order."""
     rows = con.execute(
-        "SELECT compressed_offset, bits, csv_offset, crc32, window, compressed_blake3,"
+        'SELECT compressed_offset, bits, csv_offset, crc32, "window", compressed_blake3,'
         " tail_blake3 FROM ingest_access_points WHERE client_id = ? ORDER BY compressed_offset",
         (client,),
     ).fetchall()
     return [AccessPoint(*row) for row in rows]
 
 
-def write_access_points(con: Connection, client: str, points: list[AccessPoint]) -> None:
+def write_access_points(con: DbConnection, client: str, points: list[AccessPoint]) -> None:
     """Replace a client's access points (inside the caller's transaction)."""
     con.execute("DELETE FROM ingest_access_points WHERE client_id = ?", (client,))
     con.executemany(
@@ -256,22 +288,29 @@ def write_access_points(con: Connection, client: str, points: list[AccessPoint])
     )
 
 
-def write_frame(con: Connection, table: str, frame: pl.DataFrame) -> None:
+def write_frame(con: DbConnection, table: str, frame: pl.DataFrame) -> None:
     """Append a Polars frame to a table with pandas' to_sql (write_pandas)."""
     if frame.height:
         write_pandas(con, table, pd.DataFrame({c: frame[c].to_numpy() for c in frame.columns}))
 
 
-def write_pandas(con: Connection, table: str, frame: Any) -> None:
+def write_pandas(con: DbConnection, table: str, frame: Any) -> None:
     """Append a pandas frame to a table: the one write path of every pipeline and peer.
 
-    Rows go in multi-row INSERTs of up to INSERT_ROWS rows (fewer where SQLite takes
-    fewer parameters per statement): SQLite runs one statement per thousand rows instead
-    of one per row, faster than one INSERT a row (docs/design.md).
+    SQLite: rows go in multi-row INSERTs of up to INSERT_ROWS rows (fewer where SQLite
+    takes fewer parameters per statement): one statement per thousand rows instead of
+    one per row, faster than one INSERT a row (docs/design.md). PostgreSQL: through
+    COPY (`pg.copy_insert`), which pandas documents for it, faster than multi-row
+    INSERTs there (docs/postgresql.md); PG_WRITE holds the method, so that a
+    measurement can put the INSERTs in its place.
     """
-    if len(frame):
-        rows = insert_rows(con, len(frame.columns))
-        frame.to_sql(table, con, if_exists="append", index=False, chunksize=rows, method=insert)
+    if not len(frame):
+        return
+    if isinstance(con, PgConnection):  # COPY, through the SQLAlchemy connection pandas takes
+        frame.to_sql(table, con.sa, if_exists="append", index=False, method=PG_WRITE[0])
+        return
+    rows = insert_rows(con, len(frame.columns))
+    frame.to_sql(table, con, if_exists="append", index=False, chunksize=rows, method=insert)
 
 
 def insert(pd_table: Any, con: Any, columns: list[str], rows: Iterable[tuple]) -> int:
@@ -293,7 +332,7 @@ def multi_insert(table: str, columns: list[str], values: list[tuple]) -> tuple[s
 
 
 def insert_statements(
-    con: sqlite3.Connection, table: str, columns: list[str], values: list[tuple]
+    con: DbConnection, table: str, columns: list[str], values: list[tuple]
 ) -> list[tuple[str, list]]:
     """Rows as the multi-row INSERTs of every write, parameters built: a write floor's
     input, prepared before its clock, the statements the pipelines' write runs."""
@@ -301,22 +340,46 @@ def insert_statements(
     return [multi_insert(table, columns, values[i : i + per]) for i in range(0, len(values), per)]
 
 
-def insert_rows(con: sqlite3.Connection, columns: int) -> int:
-    """Rows per multi-row INSERT: INSERT_ROWS, or fewer where this SQLite takes fewer
-    parameters per statement (999 before SQLite 3.32)."""
-    return max(1, min(INSERT_ROWS, con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // columns))
+def insert_rows(con: DbConnection, columns: int) -> int:
+    """Rows per multi-row INSERT: INSERT_ROWS, or fewer where the database takes fewer
+    parameters per statement (999 before SQLite 3.32; 65,535 in PostgreSQL)."""
+    if isinstance(con, PgConnection):
+        limit = 65_535
+    else:
+        limit = con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return max(1, min(INSERT_ROWS, limit // columns))
 
 
-# A client's rows of some days in processed_sales; parameters: client, the days as JSON.
-DAYS_WHERE = "client_id = ? AND transaction_date IN (SELECT value FROM json_each(?))"
+def pg_insert(pd_table: Any, sa_con: Any, columns: list[str], rows: Iterable[tuple]) -> int:
+    """pandas' to_sql insert method for PostgreSQL as multi-row INSERTs (INSERT_ROWS
+    rows a statement): what COPY is measured against."""
+    values = list(rows)
+    for start in range(0, len(values), INSERT_ROWS):
+        sql, params = multi_insert(pd_table.name, columns, values[start : start + INSERT_ROWS])
+        sa_con.exec_driver_sql(sql.replace("?", "%s"), tuple(params))
+    return len(values)
 
 
-def delete_days(con: sqlite3.Connection, client: str, days: list[str]) -> None:
+# How PostgreSQL writes go (write_pandas): COPY; a measurement may swap in pg_insert.
+PG_WRITE: list[Callable[..., int]] = [pg.copy_insert]
+
+
+def days_where(con: DbConnection, client: str, days: list[str]) -> tuple[str, tuple]:
+    """The condition on a client's rows of some days in processed_sales, and its
+    parameters: the days as one JSON text in SQLite, one array in PostgreSQL."""
+    if isinstance(con, PgConnection):
+        return "client_id = ? AND transaction_date = ANY(?)", (client, days)
+    where = "client_id = ? AND transaction_date IN (SELECT value FROM json_each(?))"
+    return where, (client, json.dumps(days))
+
+
+def delete_days(con: DbConnection, client: str, days: list[str]) -> None:
     """Delete a client's rows of `days` from processed_sales (inside the caller's transaction)."""
-    con.execute(f"DELETE FROM processed_sales WHERE {DAYS_WHERE}", (client, json.dumps(days)))
+    where, params = days_where(con, client, days)
+    con.execute(f"DELETE FROM processed_sales WHERE {where}", params)
 
 
-def replace_days(con: Connection, client: str, days: list[str], table: pl.DataFrame) -> None:
+def replace_days(con: DbConnection, client: str, days: list[str], table: pl.DataFrame) -> None:
     """Replace a client's rows of `days` in processed_sales (inside the caller's transaction)."""
     delete_days(con, client, days)
     write_frame(con, "processed_sales", table)
@@ -329,12 +392,10 @@ def rejected_frame(artifacts: PipelineArtifacts, client: str, day: int) -> pl.Da
     )
 
 
-def delete_client(
-    con: Connection, client: str, tables: Iterable[str], schema: str = "main"
-) -> None:
+def delete_client(con: DbConnection, client: str, tables: Iterable[str]) -> None:
     """Delete a client's rows from `tables` (inside the caller's transaction)."""
     for table in tables:
-        con.execute(f"DELETE FROM {schema}.{table} WHERE client_id = ?", (client,))
+        con.execute(f"DELETE FROM {table} WHERE client_id = ?", (client,))
 
 
 # The additive columns of processed_sales as the merge reads them back: name -> SQL.
@@ -343,28 +404,36 @@ STORED_ADDITIVE = {
     "total_quantity": "total_quantity",
     # Stored in dollars: ROUND before the cast, as a float total times 100 may fall just
     # short of its cents (0.29 * 100 is 28.999...).
-    "revenue_cents": "CAST(ROUND(total_revenue * 100) AS INTEGER)",
+    "revenue_cents": "CAST(ROUND(total_revenue * 100) AS BIGINT)",
     "order_count": "order_count",
 }
 
 
+# The stored days as one JSON object of columns: SQLite's functions, PostgreSQL's.
 STORED_DAYS_SQL = (
     "SELECT json_object("
     + ", ".join(f"'{n}', json_group_array({sql})" for n, sql in STORED_ADDITIVE.items())
-    + f") FROM processed_sales WHERE {DAYS_WHERE}"
+    + ") FROM processed_sales WHERE "
+)
+PG_STORED_DAYS_SQL = (
+    "SELECT json_build_object("
+    + ", ".join(f"'{n}', coalesce(json_agg({sql}), '[]')" for n, sql in STORED_ADDITIVE.items())
+    + ")::text FROM processed_sales WHERE "
 )
 STORED_DAYS_SCHEMA = {c: pl.List(SALES_SCHEMA.get(c, pl.Int64)) for c in STORED_ADDITIVE}
 
 
-def existing_days(con: sqlite3.Connection, client: str, days: list[str]) -> pl.DataFrame:
+def existing_days(con: DbConnection, client: str, days: list[str]) -> pl.DataFrame:
     """Additive columns of the stored rows of `days`, back in integer cents.
 
-    SQLite hands them over as one JSON object of columns, which Polars reads: one value
-    crosses into Python instead of a tuple per row.
+    The database hands them over as one JSON object of columns, which Polars reads: one
+    value crosses into Python instead of a tuple per row.
     Days whose rows make a text longer than SQLite allows are read half at a time.
     """
+    where, params = days_where(con, client, days)
+    sql = PG_STORED_DAYS_SQL if isinstance(con, PgConnection) else STORED_DAYS_SQL
     try:
-        (text,) = con.execute(STORED_DAYS_SQL, (client, json.dumps(days))).fetchone()
+        (text,) = con.execute(sql + where, params).fetchone()
     except sqlite3.DataError:  # "string or blob too big"
         if len(days) < 2:
             raise
@@ -383,8 +452,16 @@ def existing_days(con: sqlite3.Connection, client: str, days: list[str]) -> pl.D
     )
 
 
-def copy_client_rows(src: Path, con: Connection, client: str, tables: Iterable[str]) -> None:
-    """Replace a client's rows of `tables` in `con` by those of database `src`, atomically."""
+def copy_client_rows(src: Db, con: DbConnection, client: str, tables: Iterable[str]) -> None:
+    """Replace a client's rows of `tables` in `con` by those of database `src`, atomically.
+
+    SQLite attaches `src`; PostgreSQL streams the rows from it through COPY."""
+    if isinstance(con, PgConnection):
+        with transaction(con):
+            delete_client(con, client, tables)
+            for table in tables:
+                pg.copy_rows(str(src), con, table, "client_id = ?", (client,))
+        return
     con.execute("ATTACH DATABASE ? AS src", (str(src),))
     try:
         with transaction(con):
@@ -398,31 +475,18 @@ def copy_client_rows(src: Path, con: Connection, client: str, tables: Iterable[s
         con.execute("DETACH DATABASE src")
 
 
-def copy_db(src: Path, dst: Path) -> None:
-    """Copy a database with SQLite's backup API (consistent even in WAL mode)."""
-    with (
-        contextlib.closing(sqlite3.connect(src)) as s,
-        contextlib.closing(sqlite3.connect(dst)) as d,
-    ):
-        try:
-            s.backup(d)
-        except sqlite3.DatabaseError as exc:
-            if out_of_space(exc, dst.parent):
-                raise
-            raise InputError(f"{src}: cannot read as an SQLite database ({exc})") from None
-        d.execute("PRAGMA journal_mode=WAL")  # as the real database, set outside any timing
+def sales_rows(con: DbConnection, table: str, client: str) -> pl.DataFrame:
+    """A client's rows of a sales table, sorted by key, with the table's dtypes.
 
-
-def sales_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
-    """A client's rows of a sales table, sorted by key, with the table's dtypes."""
+    Sorted by Polars, byte order: a server's text collation may order otherwise."""
     cursor = con.execute(
-        f"SELECT {', '.join(SALES_SCHEMA)} FROM {table} WHERE client_id = ? ORDER BY 1, 2, 3, 4, 5",
-        (client,),
+        f"SELECT {', '.join(SALES_SCHEMA)} FROM {table} WHERE client_id = ?", (client,)
     )
-    return pl.DataFrame(cursor.fetchall(), schema=SALES_SCHEMA, orient="row", strict=False)
+    frame = pl.DataFrame(cursor.fetchall(), schema=SALES_SCHEMA, orient="row", strict=False)
+    return frame.sort(KEY)
 
 
-def rejected_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFrame:
+def rejected_rows(con: DbConnection, table: str, client: str) -> pl.DataFrame:
     """A client's rejected rows (without the day, which differs by design), sorted."""
     cursor = con.execute(
         f"SELECT line_number, reason, raw_line FROM {table} WHERE client_id = ? ORDER BY 1",
@@ -435,14 +499,13 @@ def rejected_rows(con: sqlite3.Connection, table: str, client: str) -> pl.DataFr
     )
 
 
-def stored_rows(con: sqlite3.Connection, client: str, days: list[str]) -> list[tuple]:
+def stored_rows(con: DbConnection, client: str, days: list[str]) -> list[tuple]:
     """Every column of the client's processed_sales rows of `days`, as stored."""
-    return con.execute(
-        f"SELECT * FROM processed_sales WHERE {DAYS_WHERE}", (client, json.dumps(days))
-    ).fetchall()
+    where, params = days_where(con, client, days)
+    return con.execute(f"SELECT * FROM processed_sales WHERE {where}", params).fetchall()
 
 
-def run_statements(con: sqlite3.Connection, statements: list[tuple[str, list]]) -> None:
+def run_statements(con: DbConnection, statements: list[tuple[str, list]]) -> None:
     """Statements with their parameters, built beforehand (insert_statements), in order."""
     for sql, params in statements:
         con.execute(sql, params)
@@ -457,7 +520,7 @@ class ClientState:
     not at all.
     """
 
-    def __init__(self, con: Connection, client: str) -> None:
+    def __init__(self, con: DbConnection, client: str) -> None:
         self.con, self.client = con, client
 
     def checkpoint(self) -> Checkpoint | None:

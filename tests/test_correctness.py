@@ -132,7 +132,7 @@ def execute(self, sql, *args):
     if point == "after-delete" and sql.startswith("DELETE FROM processed_sales WHERE"):
         real_execute(self, sql, *args)
         die()
-    if point == "before-checkpoint" and sql.startswith("INSERT OR REPLACE INTO ingest_checkpoint"):
+    if point == "before-checkpoint" and sql.startswith("INSERT INTO ingest_checkpoint"):
         die()
     return real_execute(self, sql, *args)
 

@@ -20,6 +20,8 @@ ORDER = [
     "blocks",
     "parse",
     "transform",
+    "pg",
+    "databases",
     "store",
     "pipelines",
     "parity",

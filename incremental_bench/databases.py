@@ -1,0 +1,149 @@
+"""Where a database is and what is done to it whole: open, copy, move, a full disk.
+
+A --db value is an SQLite file or a postgresql:// URL (`pg` holds the server's side).
+Opening a connection, copying a database for a scratch run, moving it into place,
+and naming a full disk in one line live here; what is inside the tables is the store's."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+from incremental_bench import pg
+from incremental_bench.config import FULL_DISK_BYTES, DiskFull, InputError
+from incremental_bench.pg import PgConnection
+
+
+class Connection(sqlite3.Connection):
+    """sqlite3 connection whose commit() waits while one of our transactions is open.
+
+    pandas' to_sql commits after every call; holding that commit back lets the
+    delete, the insert, the rejected rows and the checkpoint commit together.
+    """
+
+    hold_commit = False
+
+    def commit(self) -> None:
+        """Commit, unless a `transaction()` block will do it."""
+        if not self.hold_commit:
+            super().commit()
+
+
+def out_of_space(exc: BaseException, folder: Path) -> str | None:
+    """Why a failed write in `folder` found its disk full, or None when it failed otherwise.
+
+    SQLite says so by its result code, the operating system by errno (a full disk or
+    a used-up quota), DuckDB and Polars only in the message. SQLite also reports some
+    writes that found no room (its shared memory, a backup's pages) as a plain I/O
+    error: that one counts when the folder's disk has next to nothing left.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return os.strerror(exc.errno)
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == sqlite3.SQLITE_FULL:
+            return str(exc)
+        if code == sqlite3.SQLITE_IOERR and free_bytes(folder) < FULL_DISK_BYTES:
+            return f"{exc}, {free_bytes(folder):,} bytes free"
+    if "No space left on device" in str(exc):
+        return "No space left on device"
+    return None
+
+
+def free_bytes(folder: Path) -> int:
+    """Bytes left for this user on the folder's disk (max when it cannot be asked)."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return 1 << 62
+    return stat.f_bavail * stat.f_frsize
+
+
+@contextlib.contextmanager
+def full_disk_named(folder: Path) -> Iterator[None]:
+    """A full disk met inside as one DiskFull naming the folder written to.
+
+    The folder is the file's own when the error names one, else `folder` (SQLite's
+    errors name no file: its files are the database's, and its scratch copies beside
+    it). Used inside the scratch folder's block, so that the disk is judged before the
+    scratch copies go and free their space.
+    """
+    try:
+        yield
+    except DiskFull:
+        raise
+    except Exception as exc:
+        filename = getattr(exc, "filename", None)
+        where = Path(filename).resolve().parent if isinstance(filename, str) else folder
+        why = out_of_space(exc, where)
+        if why is None:
+            raise
+        raise DiskFull(f"{where}: its disk is full ({why}); nothing was changed") from None
+
+
+Db = Path | str  # where a database is: an SQLite file, or a postgresql:// URL
+DbConnection = Connection | PgConnection
+
+
+def as_db(text: str | Path) -> Db:
+    """A --db value as the store takes it: a URL stays text, anything else is a path."""
+    return text if pg.is_url(text) else Path(text)
+
+
+def describe(db: Db) -> str:
+    """The database for messages and the report (a URL without its password)."""
+    return pg.safe_url(db) if pg.is_url(db) else str(db)
+
+
+def connect(db: Db) -> DbConnection:
+    """Open a database: SQLite in WAL mode, waiting up to 30 s for another writer; or a
+    PostgreSQL database through its URL."""
+    if pg.is_url(db):
+        return pg.connect(db)
+    con = sqlite3.connect(db, factory=Connection, isolation_level=None, timeout=30)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")
+    return con  # type: ignore[return-value]
+
+
+def copy_db(src: Db, dst: Db) -> None:
+    """Copy a database: SQLite's backup API (consistent even in WAL mode), or a new
+    PostgreSQL database made from `src` as its template (a copy on the server)."""
+    if pg.is_url(src):
+        pg.create_database(str(dst), template=str(src))
+        return
+    src, dst = Path(src), Path(dst)
+    with (
+        contextlib.closing(sqlite3.connect(src)) as s,
+        contextlib.closing(sqlite3.connect(dst)) as d,
+    ):
+        try:
+            s.backup(d)
+        except sqlite3.DatabaseError as exc:
+            if out_of_space(exc, dst.parent):
+                raise
+            raise InputError(f"{src}: cannot read as an SQLite database ({exc})") from None
+        d.execute("PRAGMA journal_mode=WAL")  # as the real database, set outside any timing
+
+
+def move_db(src: Db, dst: Db) -> None:
+    """`src` renamed to `dst`, replacing it (os.replace, or ALTER DATABASE ... RENAME)."""
+    if pg.is_url(src):
+        pg.rename_database(str(src), str(dst))
+    else:
+        os.replace(src, dst)
+
+
+def db_exists(db: Db) -> bool:
+    """Whether the database is there already (a file, or a database on the server)."""
+    return pg.database_exists(db) if pg.is_url(db) else Path(db).exists()
+
+
+def sibling(db: Db, name: str) -> Db:
+    """Another scratch database beside `db`: a file in its folder, or a database of the
+    same run's name prefix on its server."""
+    return pg.sibling(db, name) if pg.is_url(db) else Path(db).with_name(f"{name}.db")

@@ -40,6 +40,7 @@ from incremental_bench.cli import (
     check_inputs,
     config_from,
     day_n_target,
+    db_place,
     exclusive_run,
     final_parity,
     parity_failure,
@@ -74,7 +75,6 @@ from incremental_bench.pipelines import (
 )
 from incremental_bench.report import render_report
 from incremental_bench.results import build_results
-from incremental_bench.store import full_disk_named
 from incremental_bench.transform import PipelineArtifacts, process_transactions
 
 Stage = Callable[[Path, Callable[[Path], None]], None]  # cli.staged_outputs' stage
@@ -94,8 +94,8 @@ __all__ = [
 def run_benchmark(cfg: BenchConfig, say: Say) -> dict[str, Any]:
     """One benchmark run, in the seven steps of the README; returns the results record."""
     check_inputs(cfg, say)  # 1. inputs first
-    home = cfg.db.resolve().parent
-    with exclusive_run(cfg.db), scratch_folder(cfg.db, say) as scratch, full_disk_named(home):
+    place = db_place(cfg)
+    with exclusive_run(cfg.db, cfg.client), scratch_folder(cfg, say) as scratch, place:
         state = scratch_state(cfg, scratch)  # 2. a scratch copy
         warmup = populate_historical_data(state, cfg.data_dir, cfg.client, cfg.day, say)  # 3.
         say(f"timing {cfg.repeat} repeat(s) of each pipeline, each in a fresh process")
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on parity, 1 on a parity failure, 2 on unusable input."""
     cfg = config_from(parse_args(argv))
     try:
-        with full_disk_named(cfg.db.resolve().parent):
+        with db_place(cfg):
             results = run_benchmark(cfg, say=lambda line: print(line, flush=True))
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)

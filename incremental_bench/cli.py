@@ -15,10 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from incremental_bench import pg
 from incremental_bench.clock import Stopwatch
 from incremental_bench.config import (
     FULL_REFRESH_TABLES,
     SCRATCH_PREFIX,
+    STATE_TABLES,
     TABLES,
     BenchConfig,
     BusyError,
@@ -28,12 +30,20 @@ from incremental_bench.config import (
 from incremental_bench.parity import check_parity, overall_parity
 from incremental_bench.pipelines import check_archives
 from incremental_bench.store import (
+    Db,
+    as_db,
     connect,
     copy_client_rows,
     copy_db,
+    create_empty,
+    current_tables,
+    database_errors_named,
+    db_exists,
     delete_client,
+    describe,
     ensure_schema,
     full_disk_named,
+    scratch_db,
     transaction,
 )
 from incremental_bench.transform import load_lookups
@@ -57,7 +67,11 @@ def check_inputs(cfg: BenchConfig, say: Say) -> None:
         found = sorted(p.name for p in cfg.data_dir.glob("client_*"))
         raise InputError(f"{folder}: no such client folder (found: {', '.join(found) or 'none'})")
     last, extras = check_archives(cfg.data_dir, cfg.client, cfg.day)
-    for option, path in (("--db", cfg.db), ("--report", cfg.report), ("--json", cfg.json_path)):
+    if pg.is_url(cfg.db):  # the server answers, the login works, the database is there
+        connect(cfg.db).close()
+    else:
+        check_output_path("--db", Path(cfg.db))
+    for option, path in (("--report", cfg.report), ("--json", cfg.json_path)):
         if path is not None:
             check_output_path(option, path)
     if extras:
@@ -76,14 +90,27 @@ def check_output_path(option: str, path: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_run(db: Path) -> Iterator[None]:
-    """Hold `<db>.lock` for the whole run; a second run on the same database stops at once.
+def exclusive_run(db: Db, client: str) -> Iterator[None]:
+    """One run per database at a time; a second run stops at once.
 
-    SQLite's own locks (WAL, 30 s busy timeout, checkpoint re-checked inside each
-    transaction) already keep a table from being corrupted or double-counted; this lock
-    makes a second benchmark say so plainly instead of racing the first to the end. A
-    stale pid left in the file by a killed run is no obstacle: the kernel released its lock.
+    PostgreSQL: a session advisory lock per database and client, held by a connection
+    for the whole run (the server frees it when that connection ends, a killed run's
+    too). SQLite: `<db>.lock` for the whole database. The databases' own locks (SQLite:
+    WAL, 30 s busy timeout; both: the checkpoint re-checked inside each transaction)
+    already keep a table from being corrupted or double-counted; this lock makes a
+    second benchmark say so plainly instead of racing the first to the end. A stale pid
+    left in the lock file by a killed run is no obstacle: the kernel released its lock.
     """
+    if pg.is_url(db):
+        with pg.advisory_lock(str(db), client) as free:
+            if not free:
+                raise BusyError(
+                    f"{describe(db)}: another main.py run is using this database for {client};"
+                    " wait for it to finish"
+                )
+            yield
+        return
+    db = Path(db)
     lock_path = db.resolve().with_name(db.resolve().name + ".lock")  # same file via any link
     try:
         lock = open(lock_path, "a+")  # noqa: SIM115 (closed below, after the run)
@@ -106,34 +133,68 @@ def exclusive_run(db: Path) -> Iterator[None]:
         yield
 
 
-@contextlib.contextmanager
-def scratch_folder(db: Path, say: Say) -> Iterator[Path]:
-    """A temporary folder beside the database for the run's copies, removed after it.
+def db_place(cfg: BenchConfig) -> contextlib.AbstractContextManager[None]:
+    """Errors of the database's place as one line: a full disk (named by its folder, or
+    by the server's URL), a server that went away."""
+    if pg.is_url(cfg.db):
+        return database_errors_named(cfg.db)
+    return full_disk_named(scratch_home(cfg))
 
-    Called with the database's lock held: any scratch folder of the same database
-    still there belongs to a run that was killed (its lock is gone), so it is removed.
+
+def scratch_home(cfg: BenchConfig) -> Path:
+    """Where the scratch folder goes: beside an SQLite database, in the temporary folder
+    for a PostgreSQL one (whose scratch copies are databases on its server)."""
+    if pg.is_url(cfg.db):
+        return Path(tempfile.gettempdir()).resolve()
+    return Path(cfg.db).resolve().parent
+
+
+@contextlib.contextmanager
+def scratch_folder(cfg: BenchConfig, say: Say) -> Iterator[Path]:
+    """A temporary folder for the run's copies and results, removed after it (with the
+    scratch databases on a PostgreSQL server).
+
+    Called with the database's lock held: any scratch folder or database of the same
+    database (and client, on a server) still there belongs to a run that was killed
+    (its lock is gone), so it is removed.
     """
-    home = db.resolve().parent
-    prefix = f"{SCRATCH_PREFIX}{db.resolve().name}-"
+    home = scratch_home(cfg)
+    if pg.is_url(cfg.db):
+        token = pg.scratch_token(str(cfg.db), cfg.client)
+        prefix = f"{SCRATCH_PREFIX}{token}-"
+        for name in pg.drop_scratch(str(cfg.db), token):
+            say(f"dropped database {name}, a scratch copy of a run that did not finish")
+    else:
+        prefix = f"{SCRATCH_PREFIX}{Path(cfg.db).resolve().name}-"
     for leftover in sorted(home.glob(f"{prefix}*")):
         if leftover.is_dir():
             shutil.rmtree(leftover, ignore_errors=True)
             say(f"removed {leftover}, the scratch folder of a run that did not finish")
-    with tempfile.TemporaryDirectory(prefix=prefix, dir=home) as tmp:
-        yield Path(tmp)
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=home) as tmp:
+            yield Path(tmp)
+    finally:
+        if pg.is_url(cfg.db):
+            pg.drop_scratch(str(cfg.db), pg.scratch_token(str(cfg.db), cfg.client))
 
 
-def scratch_state(cfg: BenchConfig, scratch: Path) -> Path:
+def scratch_state(cfg: BenchConfig, scratch: Path) -> Db:
     """A copy of the database to work on, its schema current, the baseline's table empty.
 
     The real database changes only at the very end, and then only for this client, so
-    bad input found late leaves it untouched.
+    bad input found late leaves it untouched. SQLite copies the whole file; PostgreSQL
+    a new database holding the client's state rows (the server's other clients and
+    tables stay where they are).
     """
-    state = scratch / "state.db"
-    if cfg.db.exists():
+    state = scratch_db(cfg, scratch, "state")
+    if pg.is_url(cfg.db):
+        create_empty(state)
+    elif Path(cfg.db).exists():
         copy_db(cfg.db, state)
     with contextlib.closing(connect(state)) as con:
         ensure_schema(con, say=lambda line: None)  # said when the real one is migrated
+        if pg.is_url(cfg.db):
+            copy_client_rows(cfg.db, con, cfg.client, current_tables(cfg.db, STATE_TABLES))
         with transaction(con):  # every baseline run then writes into a client-free table
             delete_client(con, cfg.client, FULL_REFRESH_TABLES)
     return state
@@ -147,21 +208,27 @@ def final_parity(final: Path, client: str, day: int, sweep: list[dict[str, Any]]
     return {**parity, "seconds": clock.stages_s["parity"]}
 
 
-def day_n_target(cfg: BenchConfig, parity: dict[str, Any]) -> Path:
+def day_n_target(cfg: BenchConfig, parity: dict[str, Any]) -> Db:
     """Where day N's state goes: the database, or beside it when parity failed (noted)."""
     if parity["ok"]:
         return cfg.db
-    kept = cfg.db.with_name(cfg.db.name + ".parity-failed")
-    parity["kept"] = str(kept)
+    if pg.is_url(cfg.db):
+        name = pg.database_of(str(cfg.db))
+        kept: Db = pg.with_database(str(cfg.db), f"{name}_parity_failed")
+    else:
+        kept = Path(cfg.db).with_name(Path(cfg.db).name + ".parity-failed")
+    parity["kept"] = describe(kept)
     return kept
 
 
-def save_day_n(target: Path, final: Path, client: str, say: Say) -> None:
+def save_day_n(target: Db, final: Db, client: str, say: Say) -> None:
     """The client's rows of every table replaced by the day-N state, in one transaction.
 
-    On a parity failure `target` is the file kept beside the database, which then stays
-    as it was.
+    On a parity failure `target` is the file (or database) kept beside the database,
+    which then stays as it was.
     """
+    if pg.is_url(target) and not db_exists(target):
+        create_empty(target)
     with contextlib.closing(connect(target)) as con:
         ensure_schema(con, say)
         copy_client_rows(final, con, client, TABLES)
@@ -219,7 +286,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=d.data_dir,
         help=f"feeds written by generate_data.py (default: {d.data_dir})",
     )
-    p.add_argument("--db", type=Path, default=d.db, help=f"SQLite database (default: {d.db})")
+    db_help = "SQLite file, or PostgreSQL URL postgresql://user@host:port/dbname"
+    p.add_argument("--db", type=as_db, default=d.db, help=f"{db_help} (default: {d.db})")
     p.add_argument(
         "--client", default=d.client, help=f"client folder to benchmark (default: {d.client})"
     )

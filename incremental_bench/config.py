@@ -20,7 +20,7 @@ class BenchConfig:
     """What one benchmark run measures; every field is a command-line option."""
 
     data_dir: Path = Path("data")
-    db: Path = Path("poc_database.db")
+    db: Path | str = Path("poc_database.db")  # an SQLite file, or a postgresql:// URL
     client: str = "client_1"
     day: int = 10
     repeat: int = 5

@@ -10,11 +10,12 @@ import contextlib
 import errno
 import os
 import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from incremental_bench import pg
-from incremental_bench.config import FULL_DISK_BYTES, DiskFull, InputError
+from incremental_bench.config import FULL_DISK_BYTES, BenchConfig, DiskFull, InputError
 from incremental_bench.pg import PgConnection
 
 
@@ -143,7 +144,49 @@ def db_exists(db: Db) -> bool:
     return pg.database_exists(db) if pg.is_url(db) else Path(db).exists()
 
 
-def sibling(db: Db, name: str) -> Db:
-    """Another scratch database beside `db`: a file in its folder, or a database of the
-    same run's name prefix on its server."""
-    return pg.sibling(db, name) if pg.is_url(db) else Path(db).with_name(f"{name}.db")
+def scratch_db(cfg: BenchConfig, scratch: Path, name: str) -> Db:
+    """One of a run's scratch databases: a file in its scratch folder, or a database on
+    the server named with the run's prefix (one prefix per database and client)."""
+    if not pg.is_url(cfg.db):
+        return scratch / f"{name}.db"
+    return pg.scratch_database(str(cfg.db), cfg.client, name)
+
+
+def create_empty(db: Db) -> None:
+    """A new, empty database in place of any there."""
+    if pg.is_url(db):
+        pg.create_database(str(db))
+    else:
+        Path(db).unlink(missing_ok=True)
+
+
+def drop_db(db: Db) -> None:
+    """Remove a scratch database."""
+    if pg.is_url(db):
+        pg.drop_database(str(db))
+    else:
+        Path(db).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def database_errors_named(db: Db) -> Iterator[None]:
+    """A PostgreSQL server that went away, refused a statement for want of room or
+    resources, or shut down mid-run, as one InputError naming its URL (no password).
+
+    Errors of our own SQL are bugs and keep their traceback."""
+    try:
+        with full_disk_named(Path(tempfile.gettempdir())):  # the scratch folder's disk
+            yield
+    except Exception as exc:
+        reason = pg.server_failure(exc)
+        if reason is None:
+            raise
+        raise InputError(f"{describe(db)}: {reason}; nothing was changed") from None
+
+
+def engine_version(db: Db) -> str:
+    """The database's engine and version, and where it is, for the report."""
+    if not pg.is_url(db):
+        return f"SQLite {sqlite3.sqlite_version} ({db})"
+    with contextlib.closing(connect(db)) as con:
+        return f"PostgreSQL {pg.server_version(con)} ({describe(db)})"

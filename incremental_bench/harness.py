@@ -55,17 +55,22 @@ from incremental_bench.pipelines import choose_access_point, incremental_step
 from incremental_bench.store import (
     Checkpoint,
     Connection,
+    Db,
     connect,
     copy_client_rows,
     copy_db,
+    create_empty,
     delete_client,
     delete_days,
+    drop_db,
     ensure_schema,
     existing_days,
     insert_statements,
+    move_db,
     read_access_points,
     read_checkpoint,
     run_statements,
+    scratch_db,
     stored_rows,
     transaction,
     write_access_points,
@@ -76,10 +81,10 @@ from incremental_bench.worker import PIPELINES, RunResult, RunSpec
 
 
 def run_in_fresh_process(
-    pipeline: str, state: Path, cfg: BenchConfig, day: int, mode: str, scratch: Path
+    pipeline: str, state: Db, cfg: BenchConfig, day: int, mode: str, scratch: Path
 ) -> RunResult:
     """One pipeline call in a new interpreter, on its own copy of `state` (then removed)."""
-    db = scratch / f"run-{pipeline}.db"
+    db = scratch_db(cfg, scratch, f"run-{pipeline}")
     copy_db(state, db)
     # Flush what earlier runs and this copy left for the disk to write, so that a run's
     # own commit does not wait behind them (docs/measurement.md).
@@ -117,10 +122,10 @@ class Measurement:
 
     warmups: dict[str, RunResult]
     runs: dict[str, list[RunResult]]
-    final: Path  # the last repeat's database, holding both answers for the parity check
+    final: Db  # the last repeat's database, holding both answers for the parity check
 
 
-def measure(cfg: BenchConfig, state: Path, scratch: Path) -> Measurement:
+def measure(cfg: BenchConfig, state: Db, scratch: Path) -> Measurement:
     """Warm up, then time every repeat of both pipelines, each from its own copy of `state`.
 
     Repeats alternate baseline, incremental and the peers, so that drift of a shared,
@@ -135,10 +140,11 @@ def measure(cfg: BenchConfig, state: Path, scratch: Path) -> Measurement:
                 run_in_fresh_process(pipeline, state, cfg, cfg.day, "time", scratch)
             )
     # The last incremental state, with the last baseline's answer beside it.
-    final = scratch / "final.db"
-    os.replace(scratch / "run-incremental.db", final)
+    final = scratch_db(cfg, scratch, "final")
+    move_db(scratch_db(cfg, scratch, "run-incremental"), final)
     with contextlib.closing(connect(final)) as con:
-        copy_client_rows(scratch / "run-baseline.db", con, cfg.client, FULL_REFRESH_TABLES)
+        baseline = scratch_db(cfg, scratch, "run-baseline")
+        copy_client_rows(baseline, con, cfg.client, FULL_REFRESH_TABLES)
     return Measurement(warmups, runs, final)
 
 
@@ -213,7 +219,7 @@ class Floors:
     work: dict[str, int]
 
 
-def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | None:
+def measure_full_floors(cfg: BenchConfig, state: Db, scratch: Path) -> Floors | None:
     """What each stage of the day-N full refresh costs at least here, done alone.
 
     Each stage's work on the whole archive in one call, its input ready before the clock
@@ -242,7 +248,7 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors 
 
     values = transform().rows()
     work["rows_written"] = len(values)
-    db = scratch / "floors-full.db"
+    db = scratch_db(cfg, scratch, "floors-full")
     copy_db(state, db)
     with contextlib.closing(connect(db)) as con:
         inserts = insert_statements(con, "processed_sales_full_refresh", SALES_COLUMN_NAMES, values)
@@ -266,7 +272,7 @@ def measure_full_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors 
             "transform": median_time(transform),
             "write": median_time(write, undo=clear),
         }
-    db.unlink(missing_ok=True)
+    drop_db(db)
     return Floors(seconds, work)
 
 
@@ -286,7 +292,7 @@ def tail_reader(
     )
 
 
-def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | None:
+def measure_floors(cfg: BenchConfig, state: Db, scratch: Path) -> Floors | None:
     """What each stage of day N's incremental step costs at least here, done alone.
 
     From the day N-1 state, with the access point the step resumes from, each stage's
@@ -300,7 +306,7 @@ def measure_floors(cfg: BenchConfig, state: Path, scratch: Path) -> Floors | Non
     (no pandas, no conversions).
     Empty when the step would not resume from an access point.
     """
-    db = scratch / "floors.db"
+    db = scratch_db(cfg, scratch, "floors")
     copy_db(state, db)
     member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
     header, lookups = member_header(member), load_lookups(cfg.data_dir)
@@ -374,24 +380,27 @@ def run_sweep(cfg: BenchConfig, scratch: Path) -> list[dict[str, Any]]:
     """
     if not cfg.sweep or cfg.day <= 2:
         return []
-    state = scratch / "sweep-state.db"
+    state = scratch_db(cfg, scratch, "sweep-state")
+    create_empty(state)
     with contextlib.closing(connect(state)) as con:
         ensure_schema(con, say=lambda line: None)
         incremental_step(con, cfg.data_dir, cfg.client, 1)
     days = []
     for day in progress(range(2, cfg.day), "sweep: days"):
         runs = {p: run_in_fresh_process(p, state, cfg, day, "memory", scratch) for p in PIPELINES}
-        with contextlib.closing(connect(scratch / "run-incremental.db")) as con:
-            copy_client_rows(scratch / "run-baseline.db", con, cfg.client, FULL_REFRESH_TABLES)
+        answer = scratch_db(cfg, scratch, "run-incremental")
+        with contextlib.closing(connect(answer)) as con:
+            baseline = scratch_db(cfg, scratch, "run-baseline")
+            copy_client_rows(baseline, con, cfg.client, FULL_REFRESH_TABLES)
             parity = check_parity(con, cfg.client)
             with transaction(con):  # tomorrow's baseline starts client-free again
                 delete_client(con, cfg.client, FULL_REFRESH_TABLES)
-        os.replace(scratch / "run-incremental.db", state)
+        move_db(answer, state)
         days.append({"day": day, "runs": runs, "parity": parity})
     return days
 
 
-def profile_lines(cfg: BenchConfig, state: Path, scratch: Path) -> None:
+def profile_lines(cfg: BenchConfig, state: Db, scratch: Path) -> None:
     """Under `python -m memory_profiler main.py`: one line-by-line table per pipeline.
 
     memory_profiler installs `profile` in builtins. Registering incremental_step's code
@@ -403,7 +412,7 @@ def profile_lines(cfg: BenchConfig, state: Path, scratch: Path) -> None:
         return
     line_profiler(incremental_step)
     for pipeline, fn in PIPELINES.items():
-        db = scratch / f"profile-{pipeline}.db"
+        db = scratch_db(cfg, scratch, f"profile-{pipeline}")
         copy_db(state, db)
         line_profiler(fn)(db, cfg.data_dir, cfg.client, cfg.day)
 
@@ -411,7 +420,9 @@ def profile_lines(cfg: BenchConfig, state: Path, scratch: Path) -> None:
 def peer_checks(cfg: BenchConfig, measured: Measurement, scratch: Path) -> dict[str, Any]:
     """Each measured peer's last answer against the baseline's (peer_parity)."""
     return {
-        name: peer_parity(scratch / f"run-{name}.db", PEERS[name].table, measured.final, cfg.client)
+        name: peer_parity(
+            scratch_db(cfg, scratch, f"run-{name}"), PEERS[name].table, measured.final, cfg.client
+        )
         for name in measured.runs
         if name in PEERS
     }

@@ -54,10 +54,15 @@ def scratch_token(url: str, client: str) -> str:
     return f"bench_{digest}"
 
 
-def sibling(url: str, name: str) -> str:
-    """A scratch database beside `url` (itself a scratch database) named `name`."""
-    token = database_of(url).split(SCRATCH_MARK, 1)[0]
-    return with_database(url, f"{token}{SCRATCH_MARK}{re.sub(r'[^a-z0-9_]', '_', name)}")
+def scratch_database(url: str, client: str, name: str) -> str:
+    """The URL of one of a run's scratch databases on the same server."""
+    safe_name = re.sub(r"[^a-z0-9_]", "_", name.lower())
+    return with_database(url, f"{scratch_token(url, client)}{SCRATCH_MARK}{safe_name}")
+
+
+def placeholders(sql: str) -> str:
+    """The store's `?` placeholders as psycopg's `%s` (a literal % doubled)."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 class Rows:
@@ -100,7 +105,7 @@ class PgConnection:
         return self.tx is not None
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Rows:
-        result = self.sa.exec_driver_sql(sql.replace("?", "%s"), tuple(params))
+        result = self.sa.exec_driver_sql(placeholders(sql), tuple(params))
         rows = [tuple(r) for r in result.fetchall()] if result.returns_rows else []
         if self.tx is None:
             self.sa.commit()
@@ -109,7 +114,7 @@ class PgConnection:
     def executemany(self, sql: str, rows: Iterable[tuple]) -> None:
         rows = [tuple(r) for r in rows]
         if rows:
-            self.sa.exec_driver_sql(sql.replace("?", "%s"), rows)
+            self.sa.exec_driver_sql(placeholders(sql), rows)
         if self.tx is None:
             self.sa.commit()
 
@@ -154,6 +159,30 @@ def connect(url: str, autocommit: bool = False) -> PgConnection:
             f"{safe_url(url)}: PostgreSQL {version // 10000} is too old (13 or later needed)"
         )
     return con
+
+
+# SQLSTATE classes of a server's failure rather than of our SQL: insufficient resources
+# (53: a full disk, out of memory), operator intervention (57: shutdown, cancelled),
+# system errors (58), connection exceptions (08).
+SERVER_FAILURES = ("08", "53", "57", "58")
+
+
+def server_failure(exc: BaseException) -> str | None:
+    """Why a statement failed when the server failed it, in one line; else None."""
+    import psycopg
+    import sqlalchemy.exc
+
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if not isinstance(cause, psycopg.Error):
+        return None
+    state = cause.sqlstate or ""
+    lost = isinstance(cause, psycopg.OperationalError | psycopg.InterfaceError) and not state
+    if not lost and not state.startswith(SERVER_FAILURES):
+        return None
+    text = " ".join(str(cause).split()) or type(cause).__name__
+    if state == "53100":
+        return f"its disk is full ({text})"
+    return f"the server failed ({text})"
 
 
 def server_version(con: PgConnection) -> str:
@@ -241,6 +270,13 @@ def lock_key(url: str, client: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def client_lock(client: str) -> tuple[int, int]:
+    """The two 32-bit keys of a client's transaction lock (a key space apart from the
+    64-bit keys of lock_key)."""
+    digest = hashlib.blake2b(client.encode(), digest_size=4).digest()
+    return 0x1BE4C0DE, int.from_bytes(digest, "big", signed=True)
+
+
 @contextlib.contextmanager
 def advisory_lock(url: str, client: str) -> Iterator[bool]:
     """Hold the session advisory lock of (database, client) while the block runs; yields
@@ -258,7 +294,7 @@ def copy_rows(src: str, dst: PgConnection, table: str, where: str, params: tuple
     (inside `dst`'s transaction), streamed through COPY in PostgreSQL's binary format."""
     source = connect(src)
     try:
-        select = f"COPY (SELECT * FROM {table} WHERE {where.replace('?', '%s')}) TO STDOUT"
+        select = placeholders(f"COPY (SELECT * FROM {table} WHERE {where}) TO STDOUT")
         with (
             source.raw().cursor() as out_cur,
             out_cur.copy(select + " (FORMAT binary)", params) as out,

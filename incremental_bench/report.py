@@ -96,7 +96,8 @@ def render_conditions(results: dict[str, Any]) -> list[str]:
         f"| CPU | {env['cpu_model']}, {env['cpu_count']} cores, {env['memory_gib']} GiB |",
         f"| OS | {env['os']} |",
         f"| Python / Polars / pandas | {env['python']} / {env['polars']} / {env['pandas']} |",
-        f"| SQLite / memory_profiler | {env['sqlite']} / {env['memory_profiler']} |",
+        f"| database | {cond['database']} |",
+        f"| memory_profiler | {env['memory_profiler']} |",
         "",
     ]
 

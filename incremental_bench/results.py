@@ -22,9 +22,11 @@ import pandas
 import polars as pl
 import psutil
 
+from incremental_bench import pg
 from incremental_bench.config import FLAT_SHARE, FLOOR_TRIES, PIPELINE_NAMES, STAGES, BenchConfig
 from incremental_bench.harness import Floors, Measurement
 from incremental_bench.peers import PEERS
+from incremental_bench.store import describe, engine_version
 from incremental_bench.worker import RunResult
 
 
@@ -220,7 +222,8 @@ def environment() -> dict[str, Any]:
         "cpu_model": cpu,
         "cpu_count": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "command": " ".join(["python", *sys.argv]),
+        # A PostgreSQL URL's password, if one was given, is never written.
+        "command": " ".join(["python", *(describe(a) if pg.is_url(a) else a for a in sys.argv)]),
     }
 
 
@@ -362,6 +365,7 @@ class Conditions:
     peers: bool
     dialect: dict[str, Any]  # of the day-N archive, as the baseline read it whole
     run_at: str
+    database: str  # the engine, its version and where (a URL without its password)
 
 
 def conditions(cfg: BenchConfig, base: PipelineFigures, inc: PipelineFigures) -> Conditions:
@@ -379,6 +383,7 @@ def conditions(cfg: BenchConfig, base: PipelineFigures, inc: PipelineFigures) ->
         peers=cfg.peers,
         dialect=base.dialect,
         run_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        database=engine_version(cfg.db),
     )
 
 

@@ -54,10 +54,22 @@ from incremental_bench.databases import (
     copy_db as copy_db,
 )
 from incremental_bench.databases import (
+    create_empty as create_empty,
+)
+from incremental_bench.databases import (
+    database_errors_named as database_errors_named,
+)
+from incremental_bench.databases import (
     db_exists as db_exists,
 )
 from incremental_bench.databases import (
     describe as describe,
+)
+from incremental_bench.databases import (
+    drop_db as drop_db,
+)
+from incremental_bench.databases import (
+    engine_version as engine_version,
 )
 from incremental_bench.databases import (
     free_bytes as free_bytes,
@@ -72,7 +84,7 @@ from incremental_bench.databases import (
     out_of_space as out_of_space,
 )
 from incremental_bench.databases import (
-    sibling as sibling,
+    scratch_db as scratch_db,
 )
 from incremental_bench.deflate import AccessPoint
 from incremental_bench.pg import PgConnection
@@ -162,6 +174,14 @@ def wanted_shapes(con: DbConnection) -> dict[str, list[tuple]]:
         for name in TABLES:
             reference.execute(table_ddl(name))
         return {name: table_shape(reference, name) for name in TABLES}
+
+
+def current_tables(db: Db, names: Iterable[str]) -> list[str]:
+    """Those of `names` that `db` holds in this version's shape (the others would be
+    set aside by ensure_schema: their rows are no state of this version)."""
+    with contextlib.closing(connect(db)) as con:
+        wanted = wanted_shapes(con)
+        return [name for name in names if table_shape(con, name) == wanted[name]]
 
 
 def ensure_schema(con: DbConnection, say: Callable[[str], None]) -> None:
@@ -356,7 +376,7 @@ def pg_insert(pd_table: Any, sa_con: Any, columns: list[str], rows: Iterable[tup
     values = list(rows)
     for start in range(0, len(values), INSERT_ROWS):
         sql, params = multi_insert(pd_table.name, columns, values[start : start + INSERT_ROWS])
-        sa_con.exec_driver_sql(sql.replace("?", "%s"), tuple(params))
+        sa_con.exec_driver_sql(pg.placeholders(sql), tuple(params))
     return len(values)
 
 
@@ -533,8 +553,14 @@ class ClientState:
 
     @contextlib.contextmanager
     def change(self) -> Iterator[None]:
-        """One transaction for every change made inside it."""
+        """One transaction for every change made inside it.
+
+        SQLite's BEGIN IMMEDIATE takes the write lock at once; in PostgreSQL a lock of
+        the client's, held to the commit, keeps two writers of one client apart (each
+        then sees the checkpoint the other committed)."""
         with transaction(self.con):
+            if isinstance(self.con, PgConnection):
+                self.con.execute("SELECT pg_advisory_xact_lock(?, ?)", pg.client_lock(self.client))
             yield
 
     def clear(self) -> None:

@@ -21,6 +21,7 @@ from incremental_bench.clock import Stopwatch
 from incremental_bench.config import MEMORY_SAMPLE_S, PAGE_BYTES, PIPELINE_NAMES
 from incremental_bench.peers import PEERS, duckdb_session
 from incremental_bench.pipelines import RunRecord, run_baseline_benchmark, run_optimized_benchmark
+from incremental_bench.store import as_db
 from incremental_bench.transform import load_lookups
 
 
@@ -147,7 +148,7 @@ def worker(spec: RunSpec) -> RunResult:
     fn = PIPELINES[spec.pipeline] if spec.pipeline in PIPELINES else PEERS[spec.pipeline].run
     if spec.pipeline == "duckdb":
         duckdb_session(Path(spec.data_dir))  # its lookups, like the pipelines', before the clock
-    args = (Path(spec.db), Path(spec.data_dir), spec.client, spec.day)
+    args = (as_db(spec.db), Path(spec.data_dir), spec.client, spec.day)
     load_lookups(args[1])
     gc.collect()
     before, file_before = rss_mib(), proc_status_mib("RssFile") or 0.0

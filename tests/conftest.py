@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import io
 import os
+import pwd
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
+import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -167,3 +175,82 @@ def benchmark_run(tmp_path_factory):
                 assert main.main(args) == 0
             (out / "printed.txt").write_text(printed.getvalue())
     return out, args, (out / "printed.txt").read_text()
+
+
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (Debian's versioned one), if installed."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    folders = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda f: int(f.split("/")[4]))
+    return Path(folders[-1]) if folders else None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server of this session's own, on a free port; its base URL.
+
+    initdb refuses to run as root: as root, the server runs as the `postgres` user in a
+    folder it owns. Stopped at the end of the session, however the tests ended. CI
+    installs PostgreSQL (.ci/run) and never skips; a machine without it may.
+    """
+    binaries = postgres_bin()
+    if binaries is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+        pytest.skip("PostgreSQL's server programs are not installed here")
+    # Not under pytest's own folder, which only its user may enter.
+    home = Path(tempfile.mkdtemp(prefix="bench-test-postgres-"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        user = pwd.getpwnam("postgres")
+        os.chown(home, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, port = home / "data", free_port()
+    subprocess.run(
+        [*run_as, binaries / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        check=True,
+        capture_output=True,
+    )
+    # Durability off: these tests check answers, not crash safety of the server itself.
+    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg_ctl = [*run_as, binaries / "pg_ctl", "-D", data]
+    subprocess.run(
+        [*pg_ctl, "-o", options, "-l", home / "log", "-w", "start"], check=True, capture_output=True
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*pg_ctl, "-m", "immediate", "-w", "stop"], capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_db(pg_server: str) -> Iterator[str]:
+    """A new, empty database on the session's server; its URL. Dropped afterwards."""
+    from incremental_bench import pg
+
+    url = f"{pg_server}/t_{uuid.uuid4().hex[:12]}"
+    pg.create_database(url)
+    yield url
+    pg.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[store.DbConnection]:
+    """An empty database of each kind, schema made: a test taking it runs on both."""
+    where = (
+        tmp_path / "db.sqlite" if request.param == "sqlite" else request.getfixturevalue("pg_db")
+    )
+    con = store.connect(where)
+    store.ensure_schema(con, say=lambda line: None)
+    try:
+        yield con
+    finally:
+        con.close()

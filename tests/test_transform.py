@@ -199,7 +199,7 @@ def test_too_many_rejected_rows_stop_the_run_and_change_nothing(tmp_path):
     assert con.execute("SELECT COUNT(*) FROM processed_sales").fetchone() == (0,)
 
 
-def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
+def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(any_db, tmp_path):
     filler = [
         f"{i},2025-10-0{i % 3 + 1},SKU-{i % 4},{i % 10 + 1},{i}.{i % 100:02d},2025-12-01,{z}"
         for i, z in zip(range(10, 260), ["94107", "10001", "x", "90210 "] * 70, strict=False)
@@ -208,7 +208,7 @@ def test_hand_feed_matches_the_oracle_and_keeps_rejected_rows(tmp_path):
     feed = write_feed(tmp_path / "data", [day1, day2])
     table, counters, rejected = oracle_for(feed, "client_1", 2)
     assert counters["rows_rejected"] == 1 and counters["sku_unmatched"] > 0
-    con = fresh_db(tmp_path / "db.sqlite")
+    con = any_db
     pipelines.incremental_step(con, feed, "client_1", 1)
     record = pipelines.incremental_step(con, feed, "client_1", 2)
     assert record.counters["rows_rejected"] == 1

@@ -190,3 +190,11 @@ def engine_version(db: Db) -> str:
         return f"SQLite {sqlite3.sqlite_version} ({db})"
     with contextlib.closing(connect(db)) as con:
         return f"PostgreSQL {pg.server_version(con)} ({describe(db)})"
+
+
+def flush_pending(db: Db) -> None:
+    """Write out what earlier work left for the disk: the kernel's dirty pages and, for
+    PostgreSQL, the server's (a CHECKPOINT, where the login may ask for one)."""
+    if pg.is_url(db):
+        pg.checkpoint(str(db))
+    os.sync()

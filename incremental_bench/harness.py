@@ -65,6 +65,7 @@ from incremental_bench.store import (
     drop_db,
     ensure_schema,
     existing_days,
+    flush_pending,
     insert_statements,
     move_db,
     read_access_points,
@@ -88,7 +89,7 @@ def run_in_fresh_process(
     copy_db(state, db)
     # Flush what earlier runs and this copy left for the disk to write, so that a run's
     # own commit does not wait behind them (docs/measurement.md).
-    os.sync()
+    flush_pending(db)
     out = scratch / f"result-{pipeline}.json"
     spec = RunSpec(
         pipeline=pipeline,

@@ -72,6 +72,9 @@ from incremental_bench.databases import (
     engine_version as engine_version,
 )
 from incremental_bench.databases import (
+    flush_pending as flush_pending,
+)
+from incremental_bench.databases import (
     free_bytes as free_bytes,
 )
 from incremental_bench.databases import (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from incremental_bench.blocks import read_header, scan_archive
 from incremental_bench.clock import Stopwatch
 from incremental_bench.config import COLUMNS, HEADER_BYTES
 from incremental_bench.parity import diff_summary
+from incremental_bench.pg import is_url
 from incremental_bench.pipelines import RunRecord, merge_days, run_record
 from incremental_bench.store import (
     ClientState,
@@ -128,14 +130,16 @@ def duckdb_session(data_dir: Path) -> Any:
     return duck
 
 
-def run_duckdb_full_refresh(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
+def run_duckdb_full_refresh(db: Path | str, data_dir: Path, client: str, day: int) -> RunRecord:
     """Peer: a full refresh in DuckDB SQL, written through the baseline's own write path."""
     clock = Stopwatch()
     duck = duckdb_session(data_dir)
     path = archive_path(data_dir, client, day)
     # On disk beside the database, never a memory-backed tmpfs: its pages would be
-    # memory that no resident-size figure shows.
-    csv_path = db.with_name(f".{db.name}.day{day}.csv")
+    # memory that no resident-size figure shows. A server's database has no folder here:
+    # the temporary folder, where the run's scratch folder is too.
+    folder = Path(tempfile.gettempdir()) if is_url(db) else Path(db).parent
+    csv_path = folder / f".{Path(str(db)).name}.{client}.day{day}.csv"
     try:
         with clock.stage("read"):
             size = inflate_to_file(locate_member(path, day), csv_path)
@@ -158,7 +162,7 @@ def run_duckdb_full_refresh(db: Path, data_dir: Path, client: str, day: int) -> 
     )
 
 
-def run_by_date(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
+def run_by_date(db: Path | str, data_dir: Path, client: str, day: int) -> RunRecord:
     """Peer: the common shortcut: new rows are those dated after the last processed date.
 
     From the same day N-1 state as the incremental pipeline, it reads the day-N archive,
@@ -183,7 +187,7 @@ def run_by_date(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
     return run_record("by_date", clock, artifacts, blocks, written)
 
 
-def run_polars_in_memory(db: Path, data_dir: Path, client: str, day: int) -> RunRecord:
+def run_polars_in_memory(db: Path | str, data_dir: Path, client: str, day: int) -> RunRecord:
     """Peer: the full refresh an engineer writes first: the whole CSV in memory, one
     read_csv, the shared transformation on every row at once, the baseline's write.
 
@@ -257,7 +261,9 @@ PEERS: dict[str, Peer] = {
 }
 
 
-def peer_parity(peer_db: Path, table: str, answer_db: Path, client: str) -> dict[str, Any]:
+def peer_parity(
+    peer_db: Path | str, table: str, answer_db: Path | str, client: str
+) -> dict[str, Any]:
     """A peer's answer against the baseline's: the same check as the pipelines' parity.
 
     On failure: rows lost (orders the baseline counted that the peer did not) and keys

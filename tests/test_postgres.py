@@ -81,9 +81,14 @@ def test_main_runs_goes_back_a_day_and_drops_a_killed_runs_leftovers(
     for day in (3, 2):  # then an earlier day: replayed from the archives
         report, out = tmp_path / f"r{day}.md", tmp_path / f"r{day}.json"
         args = ["--data-dir", str(tiny_feed), "--db", pg_db, "--day", str(day), *RUN]
+        if day == 3:  # the peers too, through the same write path
+            args.remove("--no-peers")
         assert main.main([*args, "--report", str(report), "--json", str(out)]) == 0
         results = json.loads(out.read_text())
         assert results["parity"]["ok"] and results["incremental"]["resumed_runs"] > 0
+        # The full-refresh peers wrote their answers through the same COPY path.
+        for name in ("polars_in_memory", "duckdb") if day == 3 else ():
+            assert results["peers"][name]["parity"]["ok"], name
         assert results["conditions"]["database"].startswith("PostgreSQL 1")
         assert "| database | PostgreSQL 1" in report.read_text()
         table, _, _ = oracle_for(tiny_feed, "client_1", day)

@@ -32,20 +32,27 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from incremental_bench.chart import render_chart
 from incremental_bench.cli import (
+    check_fleet_inputs,
     check_inputs,
     config_from,
     day_n_target,
     db_place,
     exclusive_run,
     final_parity,
+    fleet_exit_code,
+    fleet_failures,
+    fleet_options,
+    fleet_summary,
     parity_failure,
     parse_args,
     save_day_n,
+    save_fleet_day_n,
     scratch_folder,
     scratch_state,
     staged_outputs,
@@ -59,6 +66,8 @@ from incremental_bench.config import (
     Say,
     WorkerError,
 )
+from incremental_bench.fleet import FLEET, FleetOptions, run_fleet
+from incremental_bench.fleet_report import render_fleet_report
 from incremental_bench.harness import (
     measure,
     measure_floors,
@@ -74,7 +83,8 @@ from incremental_bench.pipelines import (
     run_optimized_benchmark,
 )
 from incremental_bench.report import render_report
-from incremental_bench.results import build_results
+from incremental_bench.results import build_results, fleet_results
+from incremental_bench.store import create_empty, scratch_db
 from incremental_bench.transform import PipelineArtifacts, process_transactions
 
 Stage = Callable[[Path, Callable[[Path], None]], None]  # cli.staged_outputs' stage
@@ -87,6 +97,7 @@ __all__ = [
     "process_transactions",
     "run_baseline_benchmark",
     "run_benchmark",
+    "run_fleet_benchmark",
     "run_optimized_benchmark",
 ]
 
@@ -130,18 +141,39 @@ def generate_report(cfg: BenchConfig, results: dict[str, Any], stage: Stage) -> 
     if cfg.json_path:
         text = json.dumps(results, indent=2, default=str) + "\n"
         stage(cfg.json_path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    if results["chart"]:
+    if results.get("chart"):
         stage(cfg.report.with_name(results["chart"]), lambda tmp: render_chart(results, tmp))
-    report = render_report(results)
+    report = render_fleet_report(results) if "fleet" in results else render_report(results)
     stage(cfg.report, lambda tmp: tmp.write_text(report, encoding="utf-8"))
+
+
+def run_fleet_benchmark(cfg: BenchConfig, options: FleetOptions, say: Say) -> dict[str, Any]:
+    """The night's job for every client, both ways, one Dask task per client
+    (docs/fleet.md); returns the fleet's results record."""
+    check_fleet_inputs(cfg)
+    night = replace(cfg, client=FLEET)  # the lock and the scratch names of the whole fleet
+    with exclusive_run(cfg.db, FLEET), scratch_folder(night, say) as scratch, db_place(cfg):
+        state = scratch_db(night, scratch, "fleet-state")
+        create_empty(state)
+        fleet = run_fleet(night, options, scratch, state, say)
+        results = fleet_results(cfg, options, fleet)
+        with staged_outputs() as stage:  # as the single benchmark's step 7
+            generate_report(cfg, results, stage)
+            save_fleet_day_n(cfg, fleet, say)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 on parity, 1 on a parity failure, 2 on unusable input."""
-    cfg = config_from(parse_args(argv))
+    args = parse_args(argv)
+    cfg, fleet = config_from(args), fleet_options(args)
+    say = lambda line: print(line, flush=True)  # noqa: E731 (one line, said twice)
     try:
         with db_place(cfg):
-            results = run_benchmark(cfg, say=lambda line: print(line, flush=True))
+            if fleet is not None:
+                results = run_fleet_benchmark(cfg, fleet, say)
+            else:
+                results = run_benchmark(cfg, say)
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)
         return 2
@@ -153,6 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         # database changes in one transaction and each output file by one rename.
         print("main.py: interrupted; nothing half-written left behind", file=sys.stderr)
         return 130
+    if fleet is not None:
+        print(fleet_summary(cfg, results))
+        for line in fleet_failures(results):
+            print(line, file=sys.stderr)
+        return fleet_exit_code(results)
     print(summary(cfg, results))
     if not results["parity"]["ok"]:
         print(parity_failure(cfg, results["parity"]), file=sys.stderr)

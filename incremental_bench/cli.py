@@ -27,6 +27,7 @@ from incremental_bench.config import (
     InputError,
     Say,
 )
+from incremental_bench.fleet import FleetOptions, default_workers
 from incremental_bench.parity import check_parity, overall_parity
 from incremental_bench.pipelines import check_archives
 from incremental_bench.store import (
@@ -76,6 +77,22 @@ def check_inputs(cfg: BenchConfig, say: Say) -> None:
             check_output_path(option, path)
     if extras:
         say(f"{last}: extra column(s) ignored: {', '.join(extras)}")
+
+
+def check_fleet_inputs(cfg: BenchConfig) -> None:
+    """The fleet's inputs before any work: the data folder, its lookups, the outputs and
+    the database. A client's own archives are checked by its tasks: a broken client
+    fails alone."""
+    if not cfg.data_dir.is_dir():
+        raise InputError(f"{cfg.data_dir}: data folder not found (run generate_data.py first)")
+    load_lookups(cfg.data_dir)
+    if pg.is_url(cfg.db):
+        connect(cfg.db).close()
+    else:
+        check_output_path("--db", Path(cfg.db))
+    for option, path in (("--report", cfg.report), ("--json", cfg.json_path)):
+        if path is not None:
+            check_output_path(option, path)
 
 
 def check_output_path(option: str, path: Path) -> None:
@@ -327,6 +344,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also measure what a data team would run instead, on day N: a full refresh in"
         " DuckDB and the by-date shortcut (default: on; --no-peers skips them)",
     )
+    add_fleet_options(p)
     return p.parse_args(argv)
 
 
@@ -338,6 +356,72 @@ def summary(cfg: BenchConfig, results: dict[str, Any]) -> str:
         f"incremental {inc['wall_s']['median']:.3f} s, {inc['peak_mib']:.0f} MiB: "
         f"{ratios['speedup']:.1f}x faster, {ratios['memory_ratio']:.1f}x less memory; "
         f"report: {cfg.report}"
+    )
+
+
+def save_fleet_day_n(cfg: BenchConfig, fleet: dict[str, Any], say: Say) -> None:
+    """Every client whose parity held leaves its day-N rows in the database; a failed
+    client's stay as they were."""
+    for client, held in fleet["parity"].items():
+        if held:
+            save_day_n(cfg.db, as_db(fleet["answer"]), client, say)
+
+
+def fleet_failures(results: dict[str, Any]) -> list[str]:
+    """A line for each client that failed, its input or its parity (stderr)."""
+    fleet = results["fleet"]
+    lines = [f"main.py: client {client} failed: {why}" for client, why in fleet["failed"].items()]
+    lines += [
+        f"main.py: client {client}: parity FAILED (its rows in the database left unchanged)"
+        for client, held in fleet["parity"].items()
+        if not held
+    ]
+    return lines
+
+
+def fleet_summary(cfg: BenchConfig, results: dict[str, Any]) -> str:
+    """The fleet run's last line: both ways' makespans and CPU-seconds, and the report."""
+    fleet = results["fleet"]
+    base, inc = fleet["ways"]["baseline"], fleet["ways"]["incremental"]
+    return (
+        f"fleet of {len(fleet['clients'])}: full refresh {base['makespan_s']['median']:.2f} s,"
+        f" {base['cpu_s']['median']:.1f} CPU-s; incremental {inc['makespan_s']['median']:.2f} s,"
+        f" {inc['cpu_s']['median']:.1f} CPU-s: {fleet['ratios']['makespan']:.1f}x less wall"
+        f" time, {fleet['ratios']['cpu_s']:.1f}x fewer CPU-seconds; report: {cfg.report}"
+    )
+
+
+def fleet_exit_code(results: dict[str, Any]) -> int:
+    """2 when a client's input failed it, 1 when a client's parity failed, else 0."""
+    fleet = results["fleet"]
+    if fleet["failed"]:
+        return 2
+    return 0 if fleet["parity_ok"] else 1
+
+
+def fleet_options(args: argparse.Namespace) -> FleetOptions | None:
+    """The fleet's options, or None for the single-client benchmark."""
+    if args.fleet is None:
+        return None
+    return FleetOptions(args.fleet, args.scheduler, args.workers or default_workers())
+
+
+def add_fleet_options(p: argparse.ArgumentParser) -> None:
+    """--fleet, --scheduler, --workers (docs/fleet.md)."""
+    p.add_argument(
+        "--fleet",
+        nargs="*",
+        metavar="CLIENT",
+        help="the night's job instead: day N of every client (or of those named), both"
+        " ways, one Dask task per client",
+    )
+    p.add_argument(
+        "--scheduler", metavar="ADDRESS", help="with --fleet: an existing Dask scheduler"
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        help="with --fleet: worker processes of the local cluster (default: one per core)",
     )
 
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from tqdm import tqdm
+
+T = TypeVar("T")
 
 
 class Stopwatch:
@@ -42,8 +45,12 @@ class Stopwatch:
         self._since = now
 
 
-def progress(items: range, label: str, unit: str = "day") -> Iterator[int]:
-    """A tqdm bar on a terminal (off elsewhere, and for fewer than two items)."""
-    if len(items) < 2:
+def progress(
+    items: Iterable[T], label: str, unit: str = "day", total: int | None = None
+) -> Iterator[T]:
+    """A tqdm bar on a terminal (off elsewhere, and for fewer than two items); `total`
+    for items that do not know their count (tasks as they complete)."""
+    count = total if total is not None else len(items)  # type: ignore[arg-type]
+    if count < 2:
         return iter(items)
-    return iter(tqdm(items, desc=label, unit=unit, disable=None, leave=False))
+    return iter(tqdm(items, desc=label, unit=unit, total=count, disable=None, leave=False))

@@ -21,6 +21,14 @@ OLDEST_SERVER = 130000  # DROP DATABASE ... WITH (FORCE) came with PostgreSQL 13
 SCRATCH_MARK = "__"  # a scratch database's name: <run token>__<name>
 
 
+def load_driver() -> None:
+    """Import psycopg and SQLAlchemy now (an SQLite run never does): a measured call
+    then times the connection, not the import."""
+    import psycopg  # noqa: F401
+    import sqlalchemy
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
+
+
 def is_url(db: object) -> bool:
     """Whether a --db value names a PostgreSQL database rather than an SQLite file."""
     return isinstance(db, str) and db.startswith(URL_SCHEMES)

@@ -24,6 +24,7 @@ import psutil
 
 from incremental_bench import pg
 from incremental_bench.config import FLAT_SHARE, FLOOR_TRIES, PIPELINE_NAMES, STAGES, BenchConfig
+from incremental_bench.fleet import FleetOptions
 from incremental_bench.harness import Floors, Measurement
 from incremental_bench.peers import PEERS
 from incremental_bench.store import describe, engine_version
@@ -483,3 +484,20 @@ def build_results(
         },
         environment=environment(),
     )
+
+
+def fleet_results(cfg: BenchConfig, options: FleetOptions, fleet: dict[str, Any]) -> dict[str, Any]:
+    """The fleet run's results record: the fleet's figures, its conditions, the machine."""
+    from importlib.metadata import version
+
+    return {
+        "fleet": fleet,
+        "conditions": {
+            "day": cfg.day,
+            "repeat": cfg.repeat,
+            "cluster": f"scheduler {options.scheduler}" if options.scheduler else "LocalCluster",
+            "database": engine_version(cfg.db),
+            "run_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        },
+        "environment": {**environment(), "dask": version("distributed")},
+    }

@@ -357,8 +357,11 @@ def multi_insert(table: str, columns: list[str], values: list[tuple]) -> tuple[s
 def insert_statements(
     con: DbConnection, table: str, columns: list[str], values: list[tuple]
 ) -> list[tuple[str, list]]:
-    """Rows as the multi-row INSERTs of every write, parameters built: a write floor's
-    input, prepared before its clock, the statements the pipelines' write runs."""
+    """Rows as the writes of every pipeline, parameters built: a write floor's input,
+    prepared before its clock. SQLite: the multi-row INSERTs the pipelines' write runs;
+    PostgreSQL: one COPY of the rows, its rows as the parameters (run_statements)."""
+    if isinstance(con, PgConnection):
+        return [(f"COPY {table} ({', '.join(columns)}) FROM STDIN", values)]
     per = insert_rows(con, len(columns))
     return [multi_insert(table, columns, values[i : i + per]) for i in range(0, len(values), per)]
 
@@ -529,9 +532,15 @@ def stored_rows(con: DbConnection, client: str, days: list[str]) -> list[tuple]:
 
 
 def run_statements(con: DbConnection, statements: list[tuple[str, list]]) -> None:
-    """Statements with their parameters, built beforehand (insert_statements), in order."""
+    """Statements with their parameters, built beforehand (insert_statements), in order;
+    a COPY's parameters are its rows."""
     for sql, params in statements:
-        con.execute(sql, params)
+        if isinstance(con, PgConnection) and sql.startswith("COPY "):
+            with con.raw().cursor() as cur, cur.copy(sql) as copy:
+                for row in params:
+                    copy.write_row(row)
+        else:
+            con.execute(sql, params)
 
 
 class ClientState:

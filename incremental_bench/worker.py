@@ -20,6 +20,7 @@ from memory_profiler import memory_usage
 from incremental_bench.clock import Stopwatch
 from incremental_bench.config import MEMORY_SAMPLE_S, PAGE_BYTES, PIPELINE_NAMES
 from incremental_bench.peers import PEERS, duckdb_session
+from incremental_bench.pg import is_url, load_driver
 from incremental_bench.pipelines import RunRecord, run_baseline_benchmark, run_optimized_benchmark
 from incremental_bench.store import as_db
 from incremental_bench.transform import load_lookups
@@ -143,13 +144,15 @@ def worker(spec: RunSpec) -> RunResult:
     resident size every 5 ms during the call (its wall time is kept too, for the
     sweep; the main figures time only "time" runs). Imports and lookups are loaded
     before either measurement starts, for both pipelines alike (the modules' imports,
-    pandas' included, all happen when this module loads).
+    pandas' included, all happen when this module loads; PostgreSQL's driver here).
     """
     fn = PIPELINES[spec.pipeline] if spec.pipeline in PIPELINES else PEERS[spec.pipeline].run
     if spec.pipeline == "duckdb":
         duckdb_session(Path(spec.data_dir))  # its lookups, like the pipelines', before the clock
     args = (as_db(spec.db), Path(spec.data_dir), spec.client, spec.day)
     load_lookups(args[1])
+    if is_url(spec.db):  # PostgreSQL's driver and SQLAlchemy, imported before the clock too
+        load_driver()
     gc.collect()
     before, file_before = rss_mib(), proc_status_mib("RssFile") or 0.0
     anon_before = anon_rss_mib()

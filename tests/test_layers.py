@@ -29,8 +29,10 @@ ORDER = [
     "worker",
     "worker_entry",
     "harness",
+    "fleet",
     "results",
     "report",
+    "fleet_report",
     "chart",
     "cli",
 ]

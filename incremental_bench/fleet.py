@@ -8,7 +8,6 @@ parity check are the single benchmark's own."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import ipaddress
 import logging
 import os
@@ -75,7 +74,8 @@ def run_task(task: FleetTask) -> TaskResult:
     Unusable input is the client's own failure, returned with its reason (running it
     again cannot mend a feed); anything else raises, and Dask runs the task again.
     """
-    gc.collect()
+    # No gc.collect() first, as the single benchmark's worker does: in a Dask worker it
+    # costs tens of milliseconds a task (docs/fleet.md), which the makespan would carry.
     before = anon_rss_mib()
     cpu, wall = time.process_time(), time.perf_counter()
     try:

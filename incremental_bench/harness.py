@@ -227,9 +227,10 @@ def measure_full_floors(cfg: BenchConfig, state: Db, scratch: Path) -> Floors | 
     (median_time, warm, outside the pipelines' timings): read: ISA-L inflating the whole
     member from its compressed bytes in memory; parse: Polars' CSV reader on the whole
     text, every field as text, no checks; transform: the shared transformation on every
-    row at once and the table's derived columns; write: SQLite alone replacing the
-    client's full-refresh rows with the same rows in the same multi-row INSERTs,
-    parameters built beforehand, and committing (no pandas, no conversions).
+    row at once and the table's derived columns; write: the database alone replacing
+    the client's full-refresh rows with the same rows, parameters built beforehand
+    (SQLite: the same multi-row INSERTs; PostgreSQL: one COPY), and committing (no
+    pandas, no conversions).
     """
     member = locate_member(archive_path(cfg.data_dir, cfg.client, cfg.day), cfg.day)
     if member.method != zipfile.ZIP_DEFLATED:
@@ -301,10 +302,10 @@ def measure_floors(cfg: BenchConfig, state: Db, scratch: Path) -> Floors | None:
     timings): read: zlib inflating the tail alone (reading it, for a stored member);
     verify: BLAKE3 over the compressed history already in memory; parse: Polars' CSV
     reader on the new text alone (no checks, no line numbers); transform: the new rows'
-    transformation without the merge into the stored days; write: SQLite alone deleting
-    the touched days, inserting the merged rows in the same multi-row INSERTs with their
-    parameters prebuilt, storing the checkpoint and the access points, and committing
-    (no pandas, no conversions).
+    transformation without the merge into the stored days; write: the database alone
+    deleting the touched days, inserting the merged rows with their parameters prebuilt
+    (SQLite: the same multi-row INSERTs; PostgreSQL: one COPY), storing the checkpoint
+    and the access points, and committing (no pandas, no conversions).
     Empty when the step would not resume from an access point.
     """
     db = scratch_db(cfg, scratch, "floors")

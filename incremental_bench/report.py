@@ -246,9 +246,9 @@ FLOOR_WHAT = {
     " checks, no line numbers",
     "transform": "the new rows' transformation alone, without the merge (reading back the"
     " days they touch, adding up, deriving the table's columns)",
-    "write": "SQLite alone: delete the touched days, insert the same rows in the same"
-    " multi-row INSERTs with their parameters built beforehand, store the checkpoint and"
-    " the access points, commit",
+    "write": "the database alone: delete the touched days, insert the same rows with their"
+    " parameters built beforehand (SQLite: the same multi-row INSERTs; PostgreSQL: one"
+    " COPY), store the checkpoint and the access points, commit",
 }
 
 
@@ -257,8 +257,8 @@ FULL_FLOOR_WHAT = {
     "parse": "Polars' CSV reader on the whole text in one call, every field as text: no"
     " checks, no line numbers",
     "transform": "the shared transformation on every row at once, and the table's derived columns",
-    "write": "SQLite alone: insert the same rows in the same multi-row INSERTs with their"
-    " parameters built beforehand, commit",
+    "write": "the database alone: insert the same rows with their parameters built"
+    " beforehand (SQLite: the same multi-row INSERTs; PostgreSQL: one COPY), commit",
 }
 
 
@@ -282,7 +282,8 @@ def render_floors(results: dict[str, Any]) -> list[str]:
             FLOOR_WHAT,
             "step",
             "opening and closing the database (SQLite folds its write-ahead log into the"
-            " file when the last connection closes) and reading the checkpoint",
+            " file when the last connection closes; a server's connection is made) and"
+            " reading the checkpoint",
         ),
         "",
         *render_full_floors(results),

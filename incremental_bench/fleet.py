@@ -60,6 +60,7 @@ class TaskResult:
     wall_s: float = 0.0
     cpu_s: float = 0.0  # CPU-seconds of the worker process over the call (every thread)
     peak_mib: float = 0.0  # private memory at its peak, above what it was before the call
+    worker_peak_mib: float = 0.0  # the worker process's private memory at that peak
     rows_processed: int = 0
     rows_written: int = 0
 
@@ -91,6 +92,7 @@ def run_task(task: FleetTask) -> TaskResult:
         wall_s=time.perf_counter() - wall,
         cpu_s=time.process_time() - cpu,
         peak_mib=peak.peak_mib - before,
+        worker_peak_mib=peak.peak_mib,
         rows_processed=record.rows_processed,
         rows_written=record.rows_written,
     )
@@ -303,6 +305,7 @@ def way_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu_s": spread([sum(r.cpu_s for r in results) for results in done]),
         "task_wall_s": spread([sum(r.wall_s for r in results) for results in done]),
         "peak_mib_per_task": spread([r.peak_mib for r in last]),
+        "worker_peak_mib": spread([r.worker_peak_mib for r in last]),
         "rows_processed": sum(r.rows_processed for r in last),
         "rows_written": sum(r.rows_written for r in last),
         "tasks_run_again": sum(run["again"] for run in runs),

@@ -61,17 +61,21 @@ def render_fleet_ways(results: dict[str, Any]) -> list[str]:
         "Makespan: wall time from submitting every client's task to the last one's end,"
         " median (min to max) over the repeats. CPU-seconds: the worker processes' CPU"
         " time over the tasks, summed over the clients. Peak memory: each task's private"
-        " memory at its peak above where it started.",
+        " memory at its peak above where it started (a long-lived worker reuses what"
+        " earlier tasks freed, so this is small), and the worker process's private memory"
+        " at that peak (what a machine must hold per worker).",
         "",
         "| way | makespan s | CPU-seconds | task wall s, summed | peak MiB per task, median"
-        " (max) | rows processed | rows written | tasks run again |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " (max) | worker MiB at the peak, max | rows processed | rows written |"
+        " tasks run again |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for way, figures in ways.items():
         peak = figures["peak_mib_per_task"]
         lines.append(
             f"| {way} | {seconds(figures['makespan_s'])} | {seconds(figures['cpu_s'])} |"
             f" {figures['task_wall_s']['median']:.2f} | {peak['median']:.0f} ({peak['max']:.0f}) |"
+            f" {figures['worker_peak_mib']['max']:.0f} |"
             f" {figures['rows_processed']:,} | {figures['rows_written']:,} |"
             f" {figures['tasks_run_again']} |"
         )

@@ -66,7 +66,7 @@ from incremental_bench.config import (
     Say,
     WorkerError,
 )
-from incremental_bench.fleet import FLEET, FleetOptions, run_fleet
+from incremental_bench.fleet import FLEET, FleetOptions, fleet_answer, run_fleet
 from incremental_bench.fleet_report import render_fleet_report
 from incremental_bench.harness import (
     measure,
@@ -159,7 +159,7 @@ def run_fleet_benchmark(cfg: BenchConfig, options: FleetOptions, say: Say) -> di
         results = fleet_results(cfg, options, fleet)
         with staged_outputs() as stage:  # as the single benchmark's step 7
             generate_report(cfg, results, stage)
-            save_fleet_day_n(cfg, fleet, say)
+            save_fleet_day_n(cfg, fleet, fleet_answer(night, scratch), say)
     return results
 
 

@@ -359,12 +359,12 @@ def summary(cfg: BenchConfig, results: dict[str, Any]) -> str:
     )
 
 
-def save_fleet_day_n(cfg: BenchConfig, fleet: dict[str, Any], say: Say) -> None:
+def save_fleet_day_n(cfg: BenchConfig, fleet: dict[str, Any], answer: Db, say: Say) -> None:
     """Every client whose parity held leaves its day-N rows in the database; a failed
     client's stay as they were."""
     for client, held in fleet["parity"].items():
         if held:
-            save_day_n(cfg.db, as_db(fleet["answer"]), client, say)
+            save_day_n(cfg.db, answer, client, say)
 
 
 def fleet_failures(results: dict[str, Any]) -> list[str]:

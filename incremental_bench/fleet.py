@@ -261,9 +261,8 @@ def fleet_record(
     workers: int,
 ) -> dict[str, Any]:
     """Figures of both ways, and every client's parity on the last repeat's answers."""
-    answer = scratch_db(cfg, scratch, "fleet-incremental")
     parity: dict[str, Any] = {}
-    with contextlib.closing(connect(answer)) as con:
+    with contextlib.closing(connect(fleet_answer(cfg, scratch))) as con:
         ok = [c for c in clients if c not in failed]
         for client in ok:
             baseline = scratch_db(cfg, scratch, "fleet-baseline")
@@ -282,8 +281,14 @@ def fleet_record(
             "makespan": base["makespan_s"]["median"] / max(inc["makespan_s"]["median"], 1e-9),
             "cpu_s": base["cpu_s"]["median"] / max(inc["cpu_s"]["median"], 1e-9),
         },
-        "answer": str(answer),
     }
+
+
+def fleet_answer(cfg: BenchConfig, scratch: Path) -> Db:
+    """The database holding the last repeat's incremental state of every client, with
+    the full refresh's answer beside it (kept out of the record: a URL may hold a
+    password)."""
+    return scratch_db(cfg, scratch, "fleet-incremental")
 
 
 def spread(values: list[float]) -> dict[str, Any]:

@@ -4,6 +4,7 @@ among good ones; a remote scheduler refused with an SQLite file."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -97,7 +98,7 @@ def test_a_worker_killed_mid_task_is_retried_and_the_table_is_exact(
     assert (tmp_path / "killed").exists()  # the fault happened
     assert night["ways"]["incremental"]["tasks_run_again"] >= 1
     assert night["parity_ok"] and not night["failed"]
-    with store.connect(night["answer"]) as con:
+    with store.connect(fleet.fleet_answer(cfg, scratch)) as con:
         assert_table_matches(
             store.sales_rows(con, "processed_sales", "client_2"),
             oracle_for(three_clients, "client_2", 3)[0],
@@ -131,3 +132,20 @@ def test_a_remote_scheduler_with_an_sqlite_file_is_refused(three_clients, tmp_pa
     assert err.count("\n") == 1 and "cannot share the SQLite file" in err
     assert fleet.is_local("tcp://127.0.0.1:8786") and fleet.is_local("localhost:8786")
     assert not fleet.is_local("tcp://10.255.0.1:8786")
+
+
+def test_the_fleet_on_postgresql_keeps_every_table_and_no_password(
+    three_clients, scheduler, pg_db, tmp_path
+):
+    url = pg_db.replace("postgres@", "postgres:s3cret@")  # trust login: the password unused
+    out, report = tmp_path / "r.json", tmp_path / "r.md"
+    args = ["--fleet", "--data-dir", str(three_clients), "--db", url, "--day", "3"]
+    args += ["--repeat", "1", "--scheduler", scheduler, "--report", str(report)]
+    assert main.main([*args, "--json", str(out)]) == 0
+    assert "s3cret" not in out.read_text() + report.read_text()
+    results = json.loads(out.read_text())
+    assert results["conditions"]["database"].startswith("PostgreSQL")
+    with contextlib.closing(store.connect(pg_db)) as con:
+        for client in ("client_1", "client_2", "client_3"):
+            table = oracle_for(three_clients, client, 3)[0]
+            assert_table_matches(store.sales_rows(con, "processed_sales", client), table)

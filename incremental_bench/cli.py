@@ -345,7 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         " DuckDB and the by-date shortcut (default: on; --no-peers skips them)",
     )
     add_fleet_options(p)
-    return p.parse_args(argv)
+    return fleet_args_checked(p, p.parse_args(argv))
 
 
 def summary(cfg: BenchConfig, results: dict[str, Any]) -> str:
@@ -404,6 +404,13 @@ def fleet_options(args: argparse.Namespace) -> FleetOptions | None:
     if args.fleet is None:
         return None
     return FleetOptions(args.fleet, args.scheduler, args.workers or default_workers())
+
+
+def fleet_args_checked(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """The fleet's options only with --fleet: a usage error (exit 2) otherwise."""
+    if args.fleet is None and (args.scheduler or args.workers):
+        p.error("--scheduler and --workers go with --fleet")
+    return args
 
 
 def add_fleet_options(p: argparse.ArgumentParser) -> None:

@@ -50,8 +50,8 @@ def out_of_space(exc: BaseException, folder: Path) -> str | None:
             return str(exc)
         if code == sqlite3.SQLITE_IOERR and free_bytes(folder) < FULL_DISK_BYTES:
             return f"{exc}, {free_bytes(folder):,} bytes free"
-    if "No space left on device" in str(exc):
-        return "No space left on device"
+    if "No space left on device" in str(exc) and not pg.is_driver_error(exc):
+        return "No space left on device"  # a server's full disk is the server's (pg)
     return None
 
 
@@ -171,17 +171,25 @@ def drop_db(db: Db) -> None:
 @contextlib.contextmanager
 def database_errors_named(db: Db) -> Iterator[None]:
     """A PostgreSQL server that went away, refused a statement for want of room or
-    resources, or shut down mid-run, as one InputError naming its URL (no password).
+    resources, or shut down mid-run, as one InputError naming its URL (no password);
+    a full disk here (the scratch folder's) as DiskFull.
 
-    Errors of our own SQL are bugs and keep their traceback."""
+    The server's own failures are judged first: its full disk says "No space left on
+    device" too, and is the server's, not this machine's /tmp. Errors of our own SQL
+    are bugs and keep their traceback."""
     try:
-        with full_disk_named(Path(tempfile.gettempdir())):  # the scratch folder's disk
-            yield
+        yield
+    except DiskFull:
+        raise
     except Exception as exc:
         reason = pg.server_failure(exc)
-        if reason is None:
+        if reason is not None:
+            raise InputError(f"{describe(db)}: {reason}; nothing was changed") from None
+        folder = Path(tempfile.gettempdir())
+        why = out_of_space(exc, folder)
+        if why is None:
             raise
-        raise InputError(f"{describe(db)}: {reason}; nothing was changed") from None
+        raise DiskFull(f"{folder}: its disk is full ({why}); nothing was changed") from None
 
 
 def engine_version(db: Db) -> str:

@@ -14,6 +14,7 @@ import os
 import socket
 import statistics
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,6 +109,36 @@ def prepare_client(db: str, data_dir: str, client: str, day: int) -> str:
     return ""
 
 
+def prepare_all(dask: Any, state: Db, cfg: BenchConfig, clients: list[str]) -> dict[str, str]:
+    """Every client's state brought to day N-1, one task each; the clients that failed,
+    with their one-line reasons (a task that raised is run again first)."""
+    from distributed import wait
+
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        client: dask.submit(
+            prepare_client,
+            str(state),
+            str(cfg.data_dir),
+            client,
+            cfg.day,
+            key=f"prepare-{run}-{client}",
+            retries=TASK_RETRIES,
+        )
+        for client in clients
+    }
+    wait(list(futures.values()))
+    failed = {}
+    for client, future in futures.items():
+        try:
+            why = future.result()
+        except Exception as exc:
+            why = " ".join(f"task failed: {type(exc).__name__}: {exc}".split())
+        if why:
+            failed[client] = why
+    return failed
+
+
 def is_local(address: str) -> bool:
     """Whether a scheduler address is on this machine (then its workers can share an
     SQLite file here)."""
@@ -159,17 +190,19 @@ def night(
     from distributed import as_completed
 
     start = time.perf_counter()
-    futures = [
-        dask.submit(task_fn, task, key=f"{label}-{task.client}", retries=TASK_RETRIES, pure=False)
+    # Keys unique to this run: another fleet on the same scheduler never shares a result.
+    run = uuid.uuid4().hex[:8]
+    futures = {
+        dask.submit(task_fn, task, key=f"{label}-{run}-{task.client}", retries=TASK_RETRIES): task
         for task in tasks
-    ]
+    }
     results = []
     for future in progress(as_completed(futures), label, total=len(futures), unit="client"):
         try:
             results.append(future.result())
         except Exception as exc:  # it failed every try: the client's failure, not the night's
-            client = future.key.removeprefix(f"{label}-")
-            results.append(TaskResult(client, f"task failed: {type(exc).__name__}: {exc}"))
+            why = f"task failed: {type(exc).__name__}: {exc}"
+            results.append(TaskResult(futures[future].client, " ".join(why.split())))
     makespan = time.perf_counter() - start
     again = dask.run_on_scheduler(tasks_run_again, keys=[f.key for f in futures])
     return makespan, sorted(results, key=lambda r: r.client), again
@@ -189,7 +222,9 @@ def tasks_run_again(dask_scheduler: Any, keys: list[str]) -> int:
 def fleet_clients(cfg: BenchConfig, asked: list[str]) -> list[str]:
     """The clients of the night: those asked, or every client folder of the data folder."""
     clients = asked or sorted(
-        p.name for p in cfg.data_dir.iterdir() if p.is_dir() and p.name != "static"
+        p.name
+        for p in cfg.data_dir.iterdir()
+        if p.is_dir() and p.name != "static" and not p.name.startswith(".")
     )
     missing = [c for c in clients if not (cfg.data_dir / c).is_dir()]
     if missing or not clients:
@@ -228,13 +263,7 @@ def run_fleet(
         say(f"fleet: {len(clients)} clients on {workers} Dask workers")
         with contextlib.closing(connect(state)) as con:
             ensure_schema(con, say=quiet)
-        prepared = dask.gather(
-            [
-                dask.submit(prepare_client, str(state), str(cfg.data_dir), c, cfg.day, pure=False)
-                for c in clients
-            ]
-        )
-        failed = {c: why for c, why in zip(clients, prepared, strict=True) if why}
+        failed = prepare_all(dask, state, cfg, clients)
         good = [c for c in clients if c not in failed]
         jobs: dict[str, list[dict[str, Any]]] = {"baseline": [], "incremental": []}
         for repeat in range(cfg.repeat):
@@ -245,10 +274,11 @@ def run_fleet(
                 label = f"{way} {repeat + 1}/{cfg.repeat}"
                 makespan, results, again = night(dask, tasks, label, options.task_fn)
                 jobs[way].append({"makespan_s": makespan, "again": again, "results": results})
-    for way in jobs:
-        for result in jobs[way][-1]["results"]:
-            if result.error:
-                failed.setdefault(result.client, result.error)
+    for way in jobs:  # a client that failed in any repeat is a failed client
+        for run in jobs[way]:
+            for result in run["results"]:
+                if result.error:
+                    failed.setdefault(result.client, result.error)
     return fleet_record(cfg, clients, failed, jobs, scratch, workers)
 
 

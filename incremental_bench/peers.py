@@ -135,9 +135,10 @@ def run_duckdb_full_refresh(db: Path | str, data_dir: Path, client: str, day: in
     clock = Stopwatch()
     duck = duckdb_session(data_dir)
     path = archive_path(data_dir, client, day)
-    # On disk beside the database, never a memory-backed tmpfs: its pages would be
+    # On disk beside the database, not on a memory-backed tmpfs: its pages would be
     # memory that no resident-size figure shows. A server's database has no folder here:
-    # the temporary folder, where the run's scratch folder is too.
+    # the temporary folder, where the run's scratch folder is too (if that is a tmpfs,
+    # the peer's memory figure misses the CSV's pages; docs/postgresql.md).
     folder = Path(tempfile.gettempdir()) if is_url(db) else Path(db).parent
     csv_path = folder / f".{Path(str(db)).name}.{client}.day{day}.csv"
     try:

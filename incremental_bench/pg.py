@@ -35,13 +35,17 @@ def is_url(db: object) -> bool:
 
 
 def safe_url(url: str) -> str:
-    """The URL without its password, for messages and the report."""
+    """The URL without its password (after the user, or as a `password=` parameter),
+    for messages and the report."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+    netloc = parts.netloc
+    if "@" in netloc:
+        user, host = netloc.rsplit("@", 1)
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    query = "&".join(
+        p for p in parts.query.split("&") if p and not p.lower().startswith("password=")
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def database_of(url: str) -> str:
@@ -113,16 +117,27 @@ class PgConnection:
         return self.tx is not None
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> Rows:
-        result = self.sa.exec_driver_sql(placeholders(sql), tuple(params))
-        rows = [tuple(r) for r in result.fetchall()] if result.returns_rows else []
-        if self.tx is None:
-            self.sa.commit()
+        with self.statement():
+            result = self.sa.exec_driver_sql(placeholders(sql), tuple(params))
+            rows = [tuple(r) for r in result.fetchall()] if result.returns_rows else []
         return Rows(rows)
 
     def executemany(self, sql: str, rows: Iterable[tuple]) -> None:
         rows = [tuple(r) for r in rows]
-        if rows:
-            self.sa.exec_driver_sql(placeholders(sql), rows)
+        with self.statement():
+            if rows:
+                self.sa.exec_driver_sql(placeholders(sql), rows)
+
+    @contextlib.contextmanager
+    def statement(self) -> Iterator[None]:
+        """Outside our transaction, a statement commits at once, or its failure is rolled
+        back (else SQLAlchemy's own transaction would stay open and aborted)."""
+        try:
+            yield
+        except BaseException:
+            if self.tx is None:
+                self.sa.rollback()
+            raise
         if self.tx is None:
             self.sa.commit()
 
@@ -157,7 +172,7 @@ def connect(url: str, autocommit: bool = False) -> PgConnection:
     try:
         con = PgConnection(url, autocommit)
         version = con.raw().info.server_version
-    except (sqlalchemy.exc.OperationalError, psycopg.OperationalError) as exc:
+    except (sqlalchemy.exc.SQLAlchemyError, psycopg.Error, ValueError) as exc:
         cause = getattr(exc, "orig", exc)
         reason = " ".join(str(cause).split()) or type(cause).__name__
         raise InputError(f"{safe_url(url)}: cannot connect ({reason})") from None
@@ -173,6 +188,11 @@ def connect(url: str, autocommit: bool = False) -> PgConnection:
 # (53: a full disk, out of memory), operator intervention (57: shutdown, cancelled),
 # system errors (58), connection exceptions (08).
 SERVER_FAILURES = ("08", "53", "57", "58")
+
+
+def is_driver_error(exc: BaseException) -> bool:
+    """Whether an exception came from psycopg or SQLAlchemy (a server's answer)."""
+    return type(exc).__module__.split(".")[0] in ("psycopg", "sqlalchemy")
 
 
 def server_failure(exc: BaseException) -> str | None:

@@ -205,6 +205,15 @@ def growth(points: list[SweepPoint]) -> dict[str, Any] | None:
     return out
 
 
+def without_password(arg: str) -> str:
+    """A command-line argument as the report may show it: a URL, alone or after
+    `--option=`, without its password."""
+    option, eq, value = arg.partition("=")
+    if eq and pg.is_url(value):
+        return f"{option}={describe(value)}"
+    return describe(arg) if pg.is_url(arg) else arg
+
+
 def environment() -> dict[str, Any]:
     """Machine and software the figures were measured on."""
     cpu = platform.processor()
@@ -224,7 +233,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         # A PostgreSQL URL's password, if one was given, is never written.
-        "command": " ".join(["python", *(describe(a) if pg.is_url(a) else a for a in sys.argv)]),
+        "command": " ".join(["python", *map(without_password, sys.argv)]),
     }
 
 

@@ -484,6 +484,8 @@ def copy_client_rows(src: Db, con: DbConnection, client: str, tables: Iterable[s
     SQLite attaches `src`; PostgreSQL streams the rows from it through COPY."""
     if isinstance(con, PgConnection):
         with transaction(con):
+            # The client's lock, as every change of its rows takes (ClientState.change).
+            con.execute("SELECT pg_advisory_xact_lock(?, ?)", pg.client_lock(client))
             delete_client(con, client, tables)
             for table in tables:
                 pg.copy_rows(str(src), con, table, "client_id = ?", (client,))

@@ -40,16 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     # Imported only now: loading the machinery takes long enough for the driver to die
     # meanwhile, and until die_with_driver has run the worker would outlive it.
     from incremental_bench.config import SCRATCH_PREFIX, InputError
-    from incremental_bench.store import full_disk_named
+    from incremental_bench.pg import is_url
+    from incremental_bench.store import database_errors_named, full_disk_named
     from incremental_bench.worker import RunSpec, worker
 
-    # Its database is a copy in the run's scratch folder: a full disk names the folder
-    # the user chose, the one that holds the scratch folder.
-    folder = Path(spec["db"]).resolve().parent
-    if folder.name.startswith(SCRATCH_PREFIX):
-        folder = folder.parent
+    if is_url(spec["db"]):  # a server's failure names its URL, without the password
+        errors = database_errors_named(spec["db"])
+    else:
+        # A copy in the run's scratch folder: a full disk names the folder the user
+        # chose, the one that holds the scratch folder.
+        folder = Path(spec["db"]).resolve().parent
+        if folder.name.startswith(SCRATCH_PREFIX):
+            folder = folder.parent
+        errors = full_disk_named(folder)
     try:
-        with full_disk_named(folder):
+        with errors:
             result = worker(RunSpec(**spec))
     except InputError as exc:
         print(f"main.py: error: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from conftest import (
 )
 
 import main
-from incremental_bench import pg, pipelines, store
+from incremental_bench import config, pg, pipelines, store
 
 RUN = ["--repeat", "1", "--no-sweep", "--no-peers"]
 
@@ -122,7 +122,7 @@ CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from incremental_bench import pg, pipelines, store
+from incremental_bench import config, pg, pipelines, store
 
 point, url, feed = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)
@@ -134,7 +134,7 @@ def write_frame(con, table, frame):
         die()
 
 def commit(self):
-    if point == "at-commit" and self.tx is not None:
+    if point == "before-commit" and self.tx is not None:
         die()
     real_commit(self)
 
@@ -145,7 +145,7 @@ pipelines.incremental_step(con, feed, "client_1", 2)
 """
 
 
-@pytest.mark.parametrize("point", ["after-first-write", "at-commit"])
+@pytest.mark.parametrize("point", ["after-first-write", "before-commit"])
 def test_sigkill_during_the_write_changes_nothing_then_rerun_keeps_parity(
     point, medium_feed, pg_db
 ):
@@ -222,3 +222,28 @@ def test_the_sqlite_default_loads_nothing_of_the_server_side(tiny_feed, tmp_path
     ).stdout
     assert out.strip().splitlines()[-1] == "[]"
     assert pg.is_url(str(store.as_db("postgresql://u@h/d"))) and pg.is_url("postgres://u@h/d")
+
+
+def test_a_password_never_shows_however_the_url_carries_it():
+    from incremental_bench import results
+
+    for url in (
+        "postgresql://u:s3cret@h:5432/d",
+        "postgresql://u@h/d?password=s3cret&sslmode=require",
+        "postgres://u:s3cret@h/d?password=s3cret",
+    ):
+        assert "s3cret" not in pg.safe_url(url) and pg.safe_url(url).startswith(url[:10])
+        assert "s3cret" not in results.without_password(f"--db={url}")
+        assert "s3cret" not in results.without_password(url)
+    assert results.without_password("--report=x.md") == "--report=x.md"
+
+
+def test_a_full_disk_on_the_server_is_the_servers_not_this_machines():
+    import psycopg
+
+    url = "postgresql://u:s3cret@db.example:5432/d"
+    with pytest.raises(config.InputError) as err, store.database_errors_named(url):
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+    message = str(err.value)
+    assert message.startswith("postgresql://u@db.example:5432/d: its disk is full"), message
+    assert not isinstance(err.value, config.DiskFull) and "s3cret" not in message

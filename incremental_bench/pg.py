@@ -73,8 +73,10 @@ def scratch_database(url: str, client: str, name: str) -> str:
 
 
 def placeholders(sql: str) -> str:
-    """The store's `?` placeholders as psycopg's `%s` (a literal % doubled)."""
-    return sql.replace("%", "%%").replace("?", "%s")
+    """The store's `?` placeholders as psycopg's `%s` (a literal % doubled); a `?` inside
+    a quoted string or name is text, not a placeholder."""
+    pieces = re.split(r"""('(?:[^']|'')*'|"(?:[^"]|"")*")""", sql.replace("%", "%%"))
+    return "".join(p if i % 2 else p.replace("?", "%s") for i, p in enumerate(pieces))
 
 
 class Rows:

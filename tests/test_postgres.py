@@ -247,3 +247,10 @@ def test_a_full_disk_on_the_server_is_the_servers_not_this_machines():
     message = str(err.value)
     assert message.startswith("postgresql://u@db.example:5432/d: its disk is full"), message
     assert not isinstance(err.value, config.DiskFull) and "s3cret" not in message
+
+
+def test_placeholders_leave_quoted_text_alone():
+    sql = "SELECT 'a?b', \"c?\" FROM t WHERE x = ? AND y LIKE 'z%' AND w = 'it''s ?' AND v = ?"
+    assert pg.placeholders(sql) == (
+        "SELECT 'a?b', \"c?\" FROM t WHERE x = %s AND y LIKE 'z%%' AND w = 'it''s ?' AND v = %s"
+    )

@@ -209,10 +209,15 @@ def process_transactions(rows: pl.DataFrame, client: str, lookups: Lookups) -> P
     """
     typed = typed_rows(rows)
     bad = typed["reason"].is_not_null()
+    # The rejected rows outlive the block (they are kept to the end of the read): their
+    # texts are made anew, as a filtered string column would keep the whole block's
+    # string buffers alive through its views (docs/design.md).
     rejected = typed.filter(bad).select(
         "line_number",
-        "reason",
-        raw_line=pl.coalesce("raw_line", pl.concat_str(COLUMNS, separator=","), pl.lit("")),
+        pl.col("reason").str.replace_all("^", ""),
+        raw_line=pl.coalesce(
+            "raw_line", pl.concat_str(COLUMNS, separator=","), pl.lit("")
+        ).str.replace_all("^", ""),
     )
     valid = typed.filter(~bad) if rejected.height else typed
     zip_int, zip_counts = cleaned_zips(valid["zip_code_raw"])

@@ -55,26 +55,18 @@ def check_inputs(cfg: BenchConfig, say: Say) -> None:
 
     Extra columns of the day-N archive are named once, through `say`.
     """
-    if not cfg.data_dir.is_dir():
-        raise InputError(f"{cfg.data_dir}: data folder not found (run generate_data.py first)")
+    check_data_folder(cfg)
     if cfg.client in ("", ".", "..") or Path(cfg.client).name != cfg.client:
         raise InputError(
             f"--client {cfg.client!r}: not a client folder name (give a folder of"
             f" {cfg.data_dir} by its name, such as client_1)"
         )
-    load_lookups(cfg.data_dir)
     folder = cfg.data_dir / cfg.client
     if not folder.is_dir():
         found = sorted(p.name for p in cfg.data_dir.glob("client_*"))
         raise InputError(f"{folder}: no such client folder (found: {', '.join(found) or 'none'})")
     last, extras = check_archives(cfg.data_dir, cfg.client, cfg.day)
-    if pg.is_url(cfg.db):  # the server answers, the login works, the database is there
-        connect(cfg.db).close()
-    else:
-        check_output_path("--db", Path(cfg.db))
-    for option, path in (("--report", cfg.report), ("--json", cfg.json_path)):
-        if path is not None:
-            check_output_path(option, path)
+    check_outputs(cfg)
     if extras:
         say(f"{last}: extra column(s) ignored: {', '.join(extras)}")
 
@@ -83,9 +75,20 @@ def check_fleet_inputs(cfg: BenchConfig) -> None:
     """The fleet's inputs before any work: the data folder, its lookups, the outputs and
     the database. A client's own archives are checked by its tasks: a broken client
     fails alone."""
+    check_data_folder(cfg)
+    check_outputs(cfg)
+
+
+def check_data_folder(cfg: BenchConfig) -> None:
+    """The data folder is there and its lookups load."""
     if not cfg.data_dir.is_dir():
         raise InputError(f"{cfg.data_dir}: data folder not found (run generate_data.py first)")
     load_lookups(cfg.data_dir)
+
+
+def check_outputs(cfg: BenchConfig) -> None:
+    """The database answers (a server: the login works and the database is there; a
+    file: it can be written), and so can --report and --json."""
     if pg.is_url(cfg.db):
         connect(cfg.db).close()
     else:
@@ -192,7 +195,7 @@ def scratch_folder(cfg: BenchConfig, say: Say) -> Iterator[Path]:
             yield Path(tmp)
     finally:
         if pg.is_url(cfg.db):
-            pg.drop_scratch(str(cfg.db), pg.scratch_token(str(cfg.db), cfg.client))
+            pg.drop_scratch(str(cfg.db), token)
 
 
 def scratch_state(cfg: BenchConfig, scratch: Path) -> Db:

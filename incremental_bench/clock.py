@@ -5,8 +5,10 @@ Knows nothing of what it times."""
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import TypeVar
 
 from tqdm import tqdm
@@ -54,3 +56,20 @@ def progress(
     if count < 2:
         return iter(items)
     return iter(tqdm(items, desc=label, unit=unit, total=count, disable=None, leave=False))
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median, min and max of the measured tries, and every try."""
+
+    median: float
+    min: float
+    max: float
+    runs: list[float]
+
+
+def summarize(values: list[float]) -> Spread:
+    """The spread of the measured tries (all zero when there is none)."""
+    if not values:
+        return Spread(median=0.0, min=0.0, max=0.0, runs=[])
+    return Spread(median=statistics.median(values), min=min(values), max=max(values), runs=values)

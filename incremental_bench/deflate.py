@@ -189,7 +189,20 @@ class CompressedPrefix:
         return state.hexdigest()
 
 
-class TrackedInflate:
+class TrackedRead:
+    """A read of a member that leaves access points for the next run, once read whole."""
+
+    member: Member
+    points: list[AccessPoint] | None = None
+
+    def access_points(self) -> list[AccessPoint]:
+        """The points kept for the next run; only once the member has been read whole."""
+        if self.points is None:
+            raise RuntimeError(f"{self.member.path}: access points asked before the end")
+        return self.points
+
+
+class TrackedInflate(TrackedRead):
     """Inflate a member with zlib from its start or from an access point, noting boundaries.
 
     Iterating gives the CSV from `start.offset` (or 0) in pieces of about
@@ -224,13 +237,6 @@ class TrackedInflate:
         self.anchors: dict[int, tuple[tuple[Any, int, bytes], ...]] = {}
         self.hasher: Any = None
         self.exhausted = False
-        self.points: list[AccessPoint] | None = None
-
-    def access_points(self) -> list[AccessPoint]:
-        """The boundaries kept for the next run; only once the stream is inflated whole."""
-        if self.points is None:
-            raise RuntimeError(f"{self.member.path}: access points asked before the stream's end")
-        return self.points
 
     def __iter__(self) -> Iterator[bytes]:
         member, start = self.member, self.start
@@ -373,7 +379,7 @@ def anchored_digest(point: AccessPoint, pieces: tuple[tuple[Any, int, bytes], ..
     return state.hexdigest()
 
 
-class TrackedStored:
+class TrackedStored(TrackedRead):
     """A stored member read from its start or from an access point: its text is its bytes.
 
     The same interface as TrackedInflate. Any byte of a stored member is a point (a seek:
@@ -389,13 +395,6 @@ class TrackedStored:
         prefix: CompressedPrefix | None = None,
     ) -> None:
         self.member, self.start, self.prefix = member, start, prefix
-        self.points: list[AccessPoint] | None = None
-
-    def access_points(self) -> list[AccessPoint]:
-        """The member's end as a point for the next run; only once it is read whole."""
-        if self.points is None:
-            raise RuntimeError(f"{self.member.path}: access points asked before the member's end")
-        return self.points
 
     def __iter__(self) -> Iterator[bytes]:
         member, start = self.member, self.start

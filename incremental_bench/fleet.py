@@ -12,7 +12,6 @@ import ipaddress
 import logging
 import os
 import socket
-import statistics
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from incremental_bench import pg
-from incremental_bench.clock import progress
+from incremental_bench.clock import progress, summarize
 from incremental_bench.config import FULL_REFRESH_TABLES, BenchConfig, InputError, Say
 from incremental_bench.parity import check_parity
 from incremental_bench.pipelines import populate_historical_data
@@ -321,20 +320,15 @@ def fleet_answer(cfg: BenchConfig, scratch: Path) -> Db:
     return scratch_db(cfg, scratch, "fleet-incremental")
 
 
-def spread(values: list[float]) -> dict[str, Any]:
-    return {
-        "median": statistics.median(values) if values else 0.0,
-        "min": min(values, default=0.0),
-        "max": max(values, default=0.0),
-        "runs": values,
-    }
-
-
 def way_figures(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One way's figures over the repeats: makespan, CPU-seconds summed over its tasks,
     peak memory per task, rows, and the tasks run again."""
     done = [[r for r in run["results"] if not r.error] for run in runs]
     last = done[-1] if done else []
+
+    def spread(values: list[float]) -> dict[str, Any]:
+        return asdict(summarize(values))
+
     return {
         "makespan_s": spread([run["makespan_s"] for run in runs]),
         "cpu_s": spread([sum(r.cpu_s for r in results) for results in done]),

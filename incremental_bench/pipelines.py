@@ -32,7 +32,13 @@ from incremental_bench.config import (
     Say,
     StaleDayError,
 )
-from incremental_bench.deflate import AccessPoint, CompressedPrefix, TrackedInflate, TrackedStored
+from incremental_bench.deflate import (
+    AccessPoint,
+    CompressedPrefix,
+    TrackedInflate,
+    TrackedRead,
+    TrackedStored,
+)
 from incremental_bench.store import (
     Checkpoint,
     ClientState,
@@ -308,7 +314,7 @@ def verified_plan(cp: Checkpoint, point: AccessPoint | None, hashing: bool) -> R
 
 def incremental_inflate(
     member: Member, start: AccessPoint | None = None, prefix: CompressedPrefix | None = None
-) -> TrackedInflate | TrackedStored | Iterator[bytes]:
+) -> TrackedRead | Iterator[bytes]:
     """The incremental path's read: one that leaves access points where the method allows."""
     if member.method == zipfile.ZIP_DEFLATED:
         return TrackedInflate(member, start, prefix)

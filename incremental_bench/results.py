@@ -23,27 +23,13 @@ import polars as pl
 import psutil
 
 from incremental_bench import pg
+from incremental_bench.clock import Spread, summarize
 from incremental_bench.config import FLAT_SHARE, FLOOR_TRIES, PIPELINE_NAMES, STAGES, BenchConfig
 from incremental_bench.fleet import FleetOptions
 from incremental_bench.harness import Floors, Measurement
 from incremental_bench.peers import PEERS
 from incremental_bench.store import describe, engine_version
 from incremental_bench.worker import RunResult
-
-
-@dataclass(frozen=True)
-class Spread:
-    """Median, min and max of the measured tries, and every try."""
-
-    median: float
-    min: float
-    max: float
-    runs: list[float]
-
-
-def summarize(values: list[float]) -> Spread:
-    """The spread of the measured tries."""
-    return Spread(median=statistics.median(values), min=min(values), max=max(values), runs=values)
 
 
 @dataclass(frozen=True)
